@@ -1,0 +1,43 @@
+"""Flask app factory: one blueprint per resource, problem+json errors, request metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from appliance import metrics
+from appliance.api import problems
+from appliance.services.context import Appliance
+
+
+def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the WSGI app around an already-wired Appliance (one per process)."""
+    from appliance.api import attestations, audit, health, mint, policy
+
+    app = Flask("appliance")
+    app.config.update(MAX_CONTENT_LENGTH=app_ctx.settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["appliance"] = app_ctx
+    problems.register(app)
+    for blueprint in (health.bp, audit.bp, mint.bp, policy.bp, attestations.bp):
+        app.register_blueprint(blueprint)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - g.get("started", 0.0))
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return app
+

@@ -1,0 +1,51 @@
+"""Mint request endpoints. Every write carries an operator's JWS in `{"jws": ...}`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from appliance.api.util import appliance, json_object, query_int
+from appliance.services.mint import MAX_LIST, MintService
+
+bp = Blueprint("mint", __name__, url_prefix="/v1/mint-requests")
+
+
+def _service() -> MintService:
+    return MintService(appliance())
+
+
+@bp.post("")
+def create() -> tuple[Response, int]:
+    body = json_object("jws")
+    created = _service().create(body["jws"])
+    response = jsonify(created)
+    response.headers["Location"] = f"/v1/mint-requests/{created['id']}"
+    return response, 201
+
+
+@bp.get("")
+def list_requests() -> Response:
+    return jsonify(_service().list(request.args.get("status"), query_int("limit", 50, 1, MAX_LIST),
+                                   query_int("offset", 0)))
+
+
+@bp.get("/<request_id>")
+def get(request_id: str) -> Response:
+    return jsonify(_service().get(request_id))
+
+
+@bp.post("/<request_id>/approvals")
+def approve(request_id: str) -> tuple[Response, int]:
+    body = json_object("jws")
+    return jsonify(_service().approve(request_id, body["jws"])), 201
+
+
+@bp.post("/<request_id>/cancel")
+def cancel(request_id: str) -> Response:
+    body = json_object("jws")
+    return jsonify(_service().cancel(request_id, body["jws"]))
+
+
+@bp.get("/<request_id>/authorization")
+def authorization(request_id: str) -> Response:
+    return jsonify(_service().authorization(request_id))

@@ -1,0 +1,86 @@
+"""The OpenAPI 3.1 document served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM = {"description": "Problem details (RFC 9457)",
+           "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def _op(summary: str, ok: str = "OK", ok_type: str = "application/json", errors: tuple[int, ...] = (400,),
+        body: str | None = None, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary,
+                          "responses": {"200": {"description": ok, "content": {ok_type: {}}},
+                                        **{str(code): PROBLEM for code in errors}}}
+    if body:
+        op["requestBody"] = {"required": True, "description": body,
+                             "content": {"application/json": {"schema": {"type": "object"}}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": {"type": "integer", "minimum": 0}}
+
+
+def _p(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/healthz": {"get": _op("Process is up", errors=())},
+        "/readyz": {"get": _op("HSM session, keys and store usable", errors=(503,))},
+        "/metrics": {"get": _op("Prometheus metrics", ok_type="text/plain", errors=())},
+        "/.well-known/jwks.json": {"get": _op("Public keys (kid = RFC 7638 thumbprint)",
+                                               ok_type="application/jwk-set+json", errors=(503,))},
+        "/v1/audit/checkpoint": {"get": _op("Latest signed checkpoint (C2SP signed note)", ok_type="text/plain",
+                                            errors=(503,))},
+        "/v1/audit/verifier-key": {"get": _op("Signed-note verifier key of the audit key", ok_type="text/plain")},
+        "/v1/audit/entries": {"get": _op("Entries [start, end)", params=[_q("start", False), _q("end", False)])},
+        "/v1/audit/proof/inclusion": {"get": _op("RFC 9162 inclusion proof", errors=(400, 404),
+                                                 params=[_q("index"), _q("size")])},
+        "/v1/audit/proof/consistency": {"get": _op("RFC 9162 consistency proof", errors=(400, 404),
+                                                   params=[_q("old"), _q("new")])},
+        "/v1/mint-requests": {
+            "get": _op("List mint requests", params=[{"name": "status", "in": "query", "required": False,
+                                                      "schema": {"type": "string"}}]),
+            "post": _op("Create a mint request", errors=(400, 401, 403, 409, 415, 422, 503),
+                        body="{\"jws\": compact JWS by the requesting operator}")},
+        "/v1/mint-requests/{id}": {"get": _op("One mint request", errors=(404,), params=[_p("id")])},
+        "/v1/mint-requests/{id}/approvals": {
+            "post": _op("Approve or reject", errors=(400, 401, 403, 404, 409, 415, 422, 503),
+                        body="{\"jws\": compact JWS by the approver}", params=[_p("id")])},
+        "/v1/mint-requests/{id}/cancel": {
+            "post": _op("Cancel a pending request", errors=(400, 401, 403, 404, 409, 415),
+                        body="{\"jws\": compact JWS by the requester or a security admin}", params=[_p("id")])},
+        "/v1/mint-requests/{id}/authorization": {
+            "get": _op("The EIP-712 authorization once issued", errors=(404, 409, 503), params=[_p("id")])},
+        "/v1/attestations": {
+            "get": _op("Attestations, newest first", params=[_q("limit", False), _q("before", False)]),
+            "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503),
+                        body="{\"jws\": compact JWS by a treasury or auditor operator over the inputs}")},
+        "/v1/attestations/latest": {"get": _op("Latest attestation (compact JWS)", ok_type="application/jose",
+                                               errors=(404,))},
+        "/v1/attestations/{seq}": {"get": _op("One attestation (compact JWS)", ok_type="application/jose",
+                                              errors=(404,), params=[_p("seq", "integer")])},
+        "/v1/policy": {"get": _op("Active policy bundle and pending proposals")},
+        "/v1/policy/proposals": {"post": _op("Propose a policy bundle", errors=(400, 401, 403, 409, 415),
+                                             body="{\"jws\": compact JWS by a security admin}")},
+        "/v1/policy/proposals/{id}/approvals": {
+            "post": _op("Approve a policy bundle", errors=(400, 401, 403, 404, 409, 415),
+                        body="{\"jws\": compact JWS by a security admin}", params=[_p("id")])},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Reserve-attestation signing appliance", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": {"Problem": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                           "detail": {"type": "string"}, "instance": {"type": "string"},
+                           "errors": {"type": "array", "items": {"type": "object"}}},
+            "required": ["type", "title", "status", "detail"]}}},
+    }

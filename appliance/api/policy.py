@@ -1,0 +1,27 @@
+"""Policy bundle endpoints: read the active bundle, propose and approve changes (security admins)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from appliance.api.util import appliance, json_object
+from appliance.services.policy import PolicyService
+
+bp = Blueprint("policy", __name__, url_prefix="/v1/policy")
+
+
+@bp.get("")
+def show() -> Response:
+    return jsonify(PolicyService(appliance()).describe())
+
+
+@bp.post("/proposals")
+def propose() -> tuple[Response, int]:
+    body = json_object("jws")
+    return jsonify(PolicyService(appliance()).propose(body["jws"])), 201
+
+
+@bp.post("/proposals/<proposal_id>/approvals")
+def approve(proposal_id: str) -> tuple[Response, int]:
+    body = json_object("jws")
+    return jsonify(PolicyService(appliance()).approve(proposal_id, body["jws"])), 201

@@ -1,0 +1,67 @@
+"""RFC 9457 problem details for every error the service returns; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+from appliance.errors import ApplianceError, ConfigError, HsmUnavailable, Unauthenticated
+
+log = logging.getLogger("appliance.api")
+PROBLEM_BASE = "urn:appliance:problem:"
+
+
+def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
+    if request:
+        body.setdefault("instance", request.path)
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    if status == 503:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApplianceError)
+    def _appliance_error(exc: ApplianceError) -> Response:
+        status = 503 if isinstance(exc, ConfigError) else exc.status
+        if status >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc)
+        extra: dict[str, Any] = {}
+        if exc.problems:
+            extra["errors"] = [{"location": p.location, "message": p.message} for p in exc.problems]
+        slug = "hsm-unavailable" if isinstance(exc, ConfigError) else exc.slug
+        if isinstance(exc, (Unauthenticated, HsmUnavailable)):
+            _audit_failure(app, exc)
+        return problem(status, slug, exc.title, exc.detail, **extra)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
+                415: "unsupported-media-type"}.get(status, f"http-{status}")
+        response = problem(status, slug, exc.name, exc.description or exc.name)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return problem(500, "internal", "Internal error", "an unexpected error occurred; it has been logged")
+
+
+def _audit_failure(app: Flask, exc: ApplianceError) -> None:
+    """Authentication failures and HSM errors go into the audit log too (best effort: never masks the error)."""
+    from appliance.services.audit import AuditLog
+
+    action = "auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error"
+    try:
+        AuditLog(app.extensions["appliance"]).record_standalone(
+            actor="appliance", action=action, subject=request.path,
+            details={"reason": exc.detail[:200], "method": request.method}, policy_hash=None)
+    except ApplianceError:
+        log.warning("could not audit %s", action)

@@ -1,0 +1,52 @@
+"""Request helpers shared by the blueprints: strict JSON bodies and typed query parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+
+from appliance.domain.canonical import parse_json_strict
+from appliance.errors import ClientError, InvalidInput, Problem
+from appliance.services.context import Appliance
+
+
+class UnsupportedMediaType(ClientError):
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+    status = 415
+
+
+def appliance() -> Appliance:
+    return current_app.extensions["appliance"]  # type: ignore[no-any-return]
+
+
+def json_body() -> Any:
+    """The request body as strict JSON (no duplicate keys, no floats); 415 unless it is JSON."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    return parse_json_strict(request.get_data(cache=False), "body")
+
+
+def json_object(*required: str) -> dict[str, Any]:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    missing = [Problem(f"body.{name}", "required") for name in required if name not in body]
+    if missing:
+        raise InvalidInput("the body is missing required members", missing)
+    return body
+
+
+def query_int(name: str, default: int | None = None, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        if default is None:
+            raise InvalidInput(f"query parameter {name!r} is required")
+        return default
+    if not raw.isascii() or not raw.isdigit() or (len(raw) > 1 and raw[0] == "0") or len(raw) > 18:
+        raise InvalidInput(f"query parameter {name!r} must be a non-negative integer")
+    value = int(raw)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise InvalidInput(f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value

@@ -1,0 +1,212 @@
+"""The `appliance` command line: thin click commands that format what the services and the client return.
+
+Expected failures (bad config, wrong PIN, a refused request, a failed verification) print one clear message
+and exit non-zero; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.errors import ApplianceError, VerificationFailed
+
+EXIT_FAILED = 1
+
+
+class Context:
+    def __init__(self, config: str | None, url: str | None) -> None:
+        self.config_path = config
+        self.url_option = url
+
+    def settings(self) -> Any:
+        from appliance import config
+
+        if not self.config_path:
+            raise click.UsageError("this command needs --config FILE (or APPLIANCE_CONFIG)")
+        return config.load(self.config_path)
+
+    def url(self) -> str:
+        if self.url_option:
+            return self.url_option.rstrip("/")
+        if self.config_path:
+            s = self.settings()
+            host = f"[{s.listen_host}]" if ":" in s.listen_host else s.listen_host
+            return f"http://{host}:{s.listen_port}"
+        return "http://127.0.0.1:8080"
+
+
+def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    else:
+        click.echo(text if text is not None else json.dumps(obj, indent=2))
+
+
+@click.group()
+@click.option("--config", envvar="APPLIANCE_CONFIG", type=click.Path(dir_okay=False),
+              help="appliance.toml (default: $APPLIANCE_CONFIG)")
+@click.option("--url", envvar="APPLIANCE_URL", help="service URL (default: $APPLIANCE_URL, then the config)")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, url: str | None) -> None:
+    """Reserve-attestation signing appliance."""
+    ctx.obj = Context(config, url)
+
+
+@cli.command("dev-init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
+def dev_init(directory: Path, as_json: bool) -> None:
+    """A complete throwaway environment in DIRECTORY: SoftHSM2 token, keys, config, dev operators."""
+    from appliance.devenv import dev_init as make
+
+    env = make(directory)
+    summary = env.summary()
+    if as_json:
+        emit(summary, True)
+        return
+    click.echo(f"dev environment ready in {directory}")
+    click.echo(f"  config:   {env.config}")
+    click.echo(f"  token:    {env.token} (user PIN {env.user_pin}: a throwaway test PIN)")
+    click.echo(f"  chain:    {env.chain_id}, verifying contract {env.verifying_contract}")
+    click.echo(f"  allowlist: {', '.join(env.allowlist)}")
+    for op in env.operators:
+        click.echo(f"  operator {op['name']:<6} {','.join(op['roles']):<15} {op['key']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def init(obj: Context, as_json: bool) -> None:
+    """Create (idempotently) and check the HSM keys, migrate the store, pin the first policy."""
+    from appliance.services import setup
+
+    result = setup.init(obj.settings())
+    lines = [f"{k['purpose']:<12} {k['label']:<20} {'created' if k['created'] else 'present'}"
+             for k in result["keys"]]
+    lines.append(f"mint signer  {result['mint_signer']}")
+    lines.append(f"policy       {result['policy_hash']}{' (pinned now)' if result['policy_pinned_now'] else ''}")
+    emit(result, as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.pass_obj
+def check(obj: Context) -> None:
+    """Check the HSM keys and the store as `serve` would; exit 0 when fit to serve."""
+    from appliance.services import context, keys
+    from appliance.services.policy import PolicyService
+    from appliance.store import schema
+
+    app = context.build(obj.settings())
+    keys.check(app)
+    if not schema.is_current(app.db):
+        raise click.ClickException("the database schema is not current: run `appliance init`")
+    PolicyService(app).active()
+    app.hsm.close()
+    click.echo("ok: keys are sensitive, non-extractable and sign-only; store and policy ready")
+
+
+@cli.command()
+@click.option("--listen", help="HOST:PORT (default: service.listen in the config)")
+@click.pass_obj
+def serve(obj: Context, listen: str | None) -> None:
+    """Serve HTTP with worker processes; refuses to start unless `check` passes."""
+    settings = obj.settings()
+    preflight = subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
+        [sys.executable, "-m", "appliance.cli", "--config", str(settings.path), "check"],
+                               capture_output=True, text=True, check=False)
+    if preflight.returncode != 0:
+        raise click.ClickException("refusing to serve: " + (preflight.stderr or preflight.stdout).strip())
+    listen = listen or f"{settings.listen_host}:{settings.listen_port}"
+    metrics_dir = settings.metrics_dir or Path(tempfile.gettempdir()) / f"appliance-metrics-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    click.echo(f"serving on http://{listen} with {settings.workers} workers", err=True)
+    args = [sys.executable, "-m", "appliance.server", "--config", str(settings.path), "--listen", listen,
+            "--workers", str(settings.workers), "--threads", str(settings.threads),
+            "--max-body", str(settings.max_body_bytes)]
+    os.execve(sys.executable, args, env)  # noqa: S606 - replaces this process with the server
+
+
+@cli.group()
+def keys() -> None:
+    """Public keys."""
+
+
+@keys.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jwks", "pem", "note"]), default="jwks")
+@click.pass_obj
+def keys_export(obj: Context, fmt: str) -> None:
+    """Print the public keys: a JWKS, PEM for openssl, or the audit signed-note verifier key.
+
+    With --config the keys are read from the HSM; otherwise they are fetched from the service (--url).
+    """
+    if obj.config_path:
+        from appliance.services import context
+        from appliance.services import keys as key_service
+        from appliance.services.audit import AuditLog
+
+        app = context.build(obj.settings())
+        if fmt == "jwks":
+            click.echo(json.dumps(key_service.public_jwks(app), indent=2))
+        elif fmt == "pem":
+            click.echo(key_service.public_pems(app), nl=False)
+        else:
+            click.echo(AuditLog(app).verifier_key())
+        app.hsm.close()
+        return
+    from appliance.client import Client
+
+    client = Client(obj.url())
+    if fmt == "jwks":
+        click.echo(json.dumps(client.jwks(), indent=2))
+    elif fmt == "note":
+        click.echo(client.verifier_key())
+    else:
+        raise click.UsageError("--format pem needs --config (the HSM); fetch the JWKS from the service instead")
+
+
+def _register() -> None:
+    from appliance.commands import attest, audit, mint, policy, verify
+
+    for group in (mint.mint, audit.audit, policy.policy, attest.attest, attest.attestations, attest.liabilities,
+                  verify.verify):
+        cli.add_command(group)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: one error path for every expected failure."""
+    try:
+        code = cli.main(standalone_mode=False, prog_name="appliance")
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except VerificationFailed as exc:
+        click.echo(f"FAILED: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except ApplianceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

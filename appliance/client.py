@@ -1,0 +1,100 @@
+"""HTTP client of a running appliance, used by the CLI (operators sign locally, then send).
+
+Problem responses come back as the matching `ApplianceError` subclass, so the CLI's single error path prints
+the service's reason; transport failures become `InfrastructureError`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from appliance import errors
+from appliance.errors import ApplianceError, InfrastructureError, Problem
+
+_BY_STATUS: dict[int, type[ApplianceError]] = {
+    400: errors.InvalidInput, 401: errors.Unauthenticated, 403: errors.Forbidden, 404: errors.NotFound,
+    409: errors.Conflict, 413: errors.InvalidInput, 415: errors.InvalidInput, 422: errors.PolicyViolation,
+    503: errors.InfrastructureError,
+}
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Client:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (http/https only)
+        if not self.base.startswith(("http://", "https://")):
+            raise errors.ConfigError(f"the service URL must be http:// or https://, not {self.base!r}")
+        req.add_header("Accept", f"{accept}, application/problem+json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                raw = resp.read()
+                ctype = resp.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            raise _problem(exc) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise InfrastructureError(f"cannot reach the appliance at {self.base}: {reason}") from exc
+        if ctype == "application/json" or ctype.endswith("+json"):
+            return json.loads(raw)
+        return raw.decode("utf-8")
+
+    def get(self, path: str, accept: str = "application/json", **query: Any) -> Any:
+        q = {k: v for k, v in query.items() if v is not None}
+        return self._request("GET", path + ("?" + urllib.parse.urlencode(q) if q else ""), accept=accept)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._request("POST", path, body)
+
+    # -- resources ------------------------------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        return self.get("/.well-known/jwks.json", accept="application/jwk-set+json")  # type: ignore[no-any-return]
+
+    def verifier_key(self) -> str:
+        return str(self.get("/v1/audit/verifier-key", accept="text/plain")).strip()
+
+    def checkpoint(self) -> str:
+        return str(self.get("/v1/audit/checkpoint", accept="text/plain"))
+
+    def audit_entries(self, start: int, end: int) -> list[str]:
+        """The exact canonical JSON text of each entry, as the log hashed it."""
+        return self.get("/v1/audit/entries", start=start, end=end, format="canonical")["entries"]  # type: ignore[no-any-return]
+
+    def consistency(self, old: int, new: int) -> dict[str, Any]:
+        return self.get("/v1/audit/proof/consistency", old=old, new=new)  # type: ignore[no-any-return]
+
+    def policy(self) -> dict[str, Any]:
+        return self.get("/v1/policy")  # type: ignore[no-any-return]
+
+
+def _problem(exc: urllib.error.HTTPError) -> ApplianceError:
+    try:
+        body = json.loads(exc.read() or b"{}")
+    except (ValueError, OSError):
+        body = {}
+    detail = body.get("detail") or exc.reason or f"HTTP {exc.code}"
+    found = [Problem(e.get("location", ""), e.get("message", "")) for e in body.get("errors", [])
+             if isinstance(e, dict)]
+    cls = _BY_STATUS.get(exc.code, errors.ClientError if exc.code < 500 else InfrastructureError)
+    error = cls(f"{detail} (HTTP {exc.code})", found)
+    return error
+
+
+def now() -> int:
+    return int(time.time())

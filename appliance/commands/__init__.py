@@ -1,0 +1,1 @@
+"""Subcommand groups of the `appliance` CLI, one module per capability."""

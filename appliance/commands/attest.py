@@ -1,0 +1,98 @@
+"""`appliance attest`, `appliance attestations fetch` and `appliance liabilities proof`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.client import Client
+from appliance.operator import check_enrolled, load_key, sign_request
+from appliance.services import auth
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+
+
+@click.command("attest")
+@click.option("--operator", required=True, help="a treasury or auditor operator")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--reserves", "reserves_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--supply", "supply_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--holders", "holders_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV account,balance for the proof of liabilities")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the compact JWS here")
+@click.option("--json", "as_json", is_flag=True, help='print {"seq", "jws"}')
+@click.pass_context
+def attest(ctx: click.Context, operator: str, key: str, reserves_file: Path, supply_file: Path,
+           holders_file: Path | None, out: Path | None, as_json: bool) -> None:
+    """Ask the service for a signed reserve attestation over these inputs."""
+    client = Client(ctx.obj.url(), timeout=300)
+    signer = load_key(key)
+    check_enrolled(signer, operator, client.policy())
+    payload = {"reserves": _json_file(reserves_file), "supply": _json_file(supply_file),
+               "holders_csv": holders_file.read_text(encoding="utf-8") if holders_file else None}
+    result = client.post("/v1/attestations", {"jws": sign_request(signer, auth.TYP_ATTESTATION_REQUEST, payload)})
+    if out is not None:
+        out.write_text(result["jws"] + "\n", encoding="ascii")
+    if as_json:
+        click.echo(json.dumps({"seq": result["seq"], "jws": result["jws"]}))
+    else:
+        click.echo(f"attestation {result['seq']} as of {result['as_of']}: {result['status']}")
+
+
+@click.group("attestations")
+def attestations() -> None:
+    """Published attestations."""
+
+
+@attestations.command("fetch")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def fetch(ctx: click.Context, directory: Path) -> None:
+    """Download every attestation (as SEQ.jws) and the JWKS into DIRECTORY, for offline verification."""
+    client = Client(ctx.obj.url())
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "jwks.json").write_text(json.dumps(client.jwks(), indent=2), encoding="utf-8")
+    before, count = None, 0
+    while True:
+        page = client.get("/v1/attestations", limit=200, before=before)
+        for item in page["items"]:
+            jws = client.get(item["href"], accept="application/jose")
+            (directory / f"{item['seq']}.jws").write_text(str(jws).strip() + "\n", encoding="ascii")
+            count += 1
+        if not page["next"]:
+            break
+        before = page["items"][-1]["seq"]
+    click.echo(f"{count} attestations and jwks.json in {directory}")
+
+
+@click.group("liabilities")
+def liabilities() -> None:
+    """Proof of liabilities (needs --config: reads the holders kept by the appliance)."""
+
+
+@liabilities.command("proof")
+@click.argument("account")
+@click.option("--attestation", "seq", type=click.IntRange(min=1), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the proof here (default stdout)")
+@click.pass_obj
+def proof(obj: Any, account: str, seq: int, out: Path | None) -> None:
+    """Write ACCOUNT's inclusion proof in the liabilities of attestation SEQ."""
+    from appliance.services import context
+    from appliance.services.attestation import AttestationService
+
+    app = context.build(obj.settings())
+    text = json.dumps(AttestationService(app).liability_proof(account, seq), indent=2)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"proof for {account} in attestation {seq} written to {out}")
+    else:
+        click.echo(text)

@@ -1,0 +1,61 @@
+"""`appliance audit verify`: an auditor's independent check of the transparency log (see verify.verify_log).
+
+The state file remembers the last verified checkpoint and the leaf hashes under it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.client import Client
+from appliance.verify import verify_log
+
+
+@click.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+def _load_state(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read the state file {path}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise click.ClickException(f"{path} is not an audit state file")
+    return state
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@audit.command("verify")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="remembers the last verified checkpoint (created if missing)")
+@click.option("--key", help="the audit key's signed-note verifier key (default: the state file's)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify(ctx: click.Context, state_path: Path | None, key: str | None, as_json: bool) -> None:
+    """Fetch checkpoint and entries, recompute the tree, check consistency with the last checkpoint seen."""
+    client = Client(ctx.obj.url())
+    state = _load_state(state_path)
+    new_state, said = verify_log(client, state, key)
+    if state_path is not None:
+        _save_state(state_path, new_state)
+    result = {"ok": True, "size": new_state["size"], "root": new_state["root"], "notes": said}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for line in said:
+        click.echo(line)
+    click.echo(f"OK: {new_state['size']} entries, root {new_state['root']}")

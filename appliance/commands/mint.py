@@ -1,0 +1,161 @@
+"""`appliance mint ...`: request, approve, show, list and cancel mints from an officer's workstation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from appliance.client import Client
+from appliance.domain import amounts, eip712
+from appliance.errors import VerificationFailed
+from appliance.operator import check_enrolled, load_key, sign_request
+from appliance.services import auth
+
+
+@click.group()
+def mint() -> None:
+    """Mint authorizations under quorum."""
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj.url())
+
+
+def _operator(client: Client, name: str, key: str) -> Any:
+    signer = load_key(key)
+    check_enrolled(signer, name, client.policy())
+    return signer
+
+
+def _chain_for(client: Client, to: str) -> int:
+    allowlist = client.policy()["active"]["bundle"]["policy"]["mint"]["allowlist"]
+    chains = sorted({entry["chain_id"] for entry in allowlist if entry["address"] == to})
+    if len(chains) != 1:
+        raise click.UsageError("give --chain-id: the recipient is allowlisted on "
+                               + (", ".join(map(str, chains)) if chains else "no chain"))
+    return int(chains[0])
+
+
+def describe(req: dict[str, Any]) -> str:
+    """The request in clear, as an approver must read it before signing."""
+    lines = [
+        f"request   {req['id']}  ({req['status']})",
+        f"amount    {req['amount_tokens']} {req['token']}  ({req['amount']} base units)",
+        f"to        {req['to']}",
+        f"chain     {req['chain_id']}  contract {req['typedData']['domain']['verifyingContract']}",
+        f"valid     {req['valid_after']} .. {req['valid_before']} (Unix seconds)",
+        f"nonce     {req['nonce']}",
+        f"digest    {req['digest']}",
+        f"requester {req['requester']}",
+        f"needs     {req['required'].get('text', req['required'])}",
+        "approvals " + (", ".join(f"{a['operator']}:{a['decision']}" for a in req["approvals"]) or "none"),
+    ]
+    if req.get("authorization"):
+        lines.append(f"signature {req['authorization']['signature']}")
+        lines.append(f"signer    {req['authorization']['signer']}")
+    return "\n".join(lines)
+
+
+@mint.command("request")
+@click.option("--operator", required=True, help="your operator name")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="your private key (PEM)")
+@click.option("--to", "to", required=True, help="EIP-55 recipient address (allowlisted)")
+@click.option("--amount", required=True, help="amount in base units (decimal string)")
+@click.option("--chain-id", type=int, help="chain (default: the one the recipient is allowlisted on)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, chain_id: int | None,
+            as_json: bool) -> None:
+    """Create a mint request; prints its id and digest."""
+    client = _client(ctx)
+    signer = _operator(client, operator, key)
+    to = eip712.parse_address(to, "--to")
+    amounts.parse_amount(amount, "--amount")
+    chain = chain_id if chain_id is not None else _chain_for(client, to)
+    jws = sign_request(signer, auth.TYP_MINT_REQUEST, {"to": to, "amount": amount, "chain_id": chain})
+    created = client.post("/v1/mint-requests", {"jws": jws})
+    if as_json:
+        click.echo(_json(created))
+    else:
+        click.echo(describe(created))
+
+
+@mint.command("approve")
+@click.argument("request_id")
+@click.option("--operator", required=True)
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--reject", is_flag=True, help="reject (veto) instead of approving")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (scripts)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (implies --yes)")
+@click.pass_context
+def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject: bool, yes: bool,
+            as_json: bool) -> None:
+    """Show the request in clear, then sign and submit your approval (or rejection)."""
+    client = _client(ctx)
+    signer = _operator(client, operator, key)
+    req = client.get(f"/v1/mint-requests/{request_id}")
+    domain, message = eip712.mint_from_typed_data(req["typedData"])
+    digest = "0x" + eip712.mint_digest(domain, message).hex()
+    if digest != req["digest"]:
+        raise VerificationFailed("the service's digest does not match its typed data: refusing to sign")
+    if message.to != req["to"] or str(message.amount) != req["amount"] or domain.chain_id != req["chain_id"]:
+        raise VerificationFailed("the typed data does not match the request fields: refusing to sign")
+    decision = "reject" if reject else "approve"
+    if not as_json:
+        click.echo(describe(req))
+    if not (yes or as_json):
+        click.confirm(f"{decision} this mint as {operator}?", abort=True)
+    jws = sign_request(signer, auth.TYP_MINT_APPROVAL, {"request_id": request_id, "digest": digest,
+                                                        "decision": decision, "policy": req["policy"]})
+    result = client.post(f"/v1/mint-requests/{request_id}/approvals", {"jws": jws})
+    click.echo(_json(result) if as_json else f"\n{decision}d; status {result['status']}"
+               + (f"; signature {result['authorization']['signature']}" if result.get("authorization") else ""))
+
+
+@mint.command("show")
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, request_id: str, as_json: bool) -> None:
+    """A request, its approvals, status, and the authorization once issued."""
+    req = _client(ctx).get(f"/v1/mint-requests/{request_id}")
+    click.echo(_json(req) if as_json else describe(req))
+
+
+@mint.command("list")
+@click.option("--status", type=click.Choice(["pending", "authorized", "rejected", "cancelled", "expired"]))
+@click.option("--limit", type=click.IntRange(1, 200), default=50)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_requests(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """Requests, newest first."""
+    listing = _client(ctx).get("/v1/mint-requests", status=status, limit=limit)
+    if as_json:
+        click.echo(_json(listing))
+        return
+    for item in listing["items"]:
+        click.echo(f"{item['id']}  {item['status']:<10} {item['amount']:>24}  chain {item['chain_id']}  "
+                   f"{item['to']}  by {item['requester']}")
+    click.echo(f"{len(listing['items'])} of {listing['total']}")
+
+
+@mint.command("cancel")
+@click.argument("request_id")
+@click.option("--operator", required=True)
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cancel(ctx: click.Context, request_id: str, operator: str, key: str, as_json: bool) -> None:
+    """Cancel a pending request (its requester or a security admin)."""
+    client = _client(ctx)
+    signer = _operator(client, operator, key)
+    jws = sign_request(signer, auth.TYP_MINT_CANCEL, {"request_id": request_id})
+    result = client.post(f"/v1/mint-requests/{request_id}/cancel", {"jws": jws})
+    click.echo(_json(result) if as_json else f"request {request_id} is {result['status']}")
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2)

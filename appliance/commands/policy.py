@@ -1,0 +1,85 @@
+"""`appliance policy ...`: propose and approve policy bundles (security admins), show the active one."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.client import Client
+from appliance.operator import check_enrolled, load_key, sign_request
+from appliance.services import auth
+
+
+@click.group()
+def policy() -> None:
+    """Quorum policy and operator set (changes need a quorum of security admins)."""
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+
+
+@policy.command("propose")
+@click.argument("policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--operators", "operators_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="a new operators.toml (default: keep the current operator set)")
+@click.option("--operator", required=True)
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, operator: str, key: str,
+            as_json: bool) -> None:
+    """Propose POLICY_FILE (and optionally a new operator set) as the next bundle."""
+    client = Client(ctx.obj.url())
+    signer = load_key(key)
+    check_enrolled(signer, operator, client.policy())
+    payload = {"policy": _toml(policy_file), "operators": _toml(operators_file) if operators_file else None}
+    result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, auth.TYP_POLICY_PROPOSAL, payload)})
+    click.echo(json.dumps(result, indent=2) if as_json else
+               f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
+
+
+@policy.command("approve")
+@click.argument("proposal_id")
+@click.option("--operator", required=True)
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--reject", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, reject: bool, as_json: bool) -> None:
+    """Approve (or reject) a proposed bundle by its id; the bundle hash is signed too."""
+    client = Client(ctx.obj.url())
+    signer = load_key(key)
+    current = client.policy()
+    check_enrolled(signer, operator, current)
+    proposal = next((p for p in current["proposals"] if p["id"] == proposal_id), None)
+    if proposal is None:
+        raise click.ClickException(f"no pending proposal {proposal_id}")
+    jws = sign_request(signer, auth.TYP_POLICY_APPROVAL, {"proposal": proposal_id, "hash": proposal["hash"],
+                                                          "decision": "reject" if reject else "approve"})
+    result = client.post(f"/v1/policy/proposals/{proposal_id}/approvals", {"jws": jws})
+    click.echo(json.dumps(result, indent=2) if as_json else f"proposal {proposal_id}: {result['status']}")
+
+
+@policy.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, as_json: bool) -> None:
+    """The active bundle, its hash, and pending proposals."""
+    current = Client(ctx.obj.url()).policy()
+    if as_json:
+        click.echo(json.dumps(current, indent=2))
+        return
+    active = current["active"]
+    click.echo(f"active bundle {active['hash']} (activation {active['activated_seq']})")
+    click.echo(f"changes need {current['governance']}")
+    for p in current["proposals"]:
+        votes = ", ".join(f"{v['operator']}:{v['decision']}" for v in p["approvals"]) or "no votes"
+        click.echo(f"proposal {p['id']} bundle {p['hash']} by {p['proposed_by']}: {votes}")

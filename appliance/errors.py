@@ -1,0 +1,114 @@
+"""The appliance's error vocabulary, split by blame.
+
+`ClientError` subclasses are the caller's fault (bad input, policy, quorum, authentication): they map to a 4xx
+problem+json and change nothing. `InfrastructureError` subclasses are ours (HSM, storage): they map to 503.
+This module imports nothing from the appliance, so the pure domain may raise these too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem with one input: where it is (file, field, index) and what is wrong."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}" if self.location else self.message
+
+
+class ApplianceError(Exception):
+    """Base of every expected failure. `slug` is the stable problem type; `status` the HTTP status."""
+
+    slug = "error"
+    title = "Error"
+    status = 500
+
+    def __init__(self, detail: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.problems = tuple(problems)
+
+    def __str__(self) -> str:
+        if not self.problems:
+            return self.detail
+        return self.detail + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+class ClientError(ApplianceError):
+    slug = "bad-request"
+    title = "Bad request"
+    status = 400
+
+
+class InvalidInput(ClientError):
+    slug = "invalid-input"
+    title = "Invalid input"
+    status = 400
+
+
+class Unauthenticated(ClientError):
+    slug = "unauthenticated"
+    title = "Signature or credentials not valid"
+    status = 401
+
+
+class Forbidden(ClientError):
+    slug = "forbidden"
+    title = "Not allowed for this operator"
+    status = 403
+
+
+class NotFound(ClientError):
+    slug = "not-found"
+    title = "Not found"
+    status = 404
+
+
+class Conflict(ClientError):
+    slug = "conflict"
+    title = "Conflicts with the current state"
+    status = 409
+
+
+class PolicyViolation(ClientError):
+    slug = "policy-violation"
+    title = "Refused by the active policy"
+    status = 422
+
+
+class VerificationFailed(ClientError):
+    """An offline check (signature, chain, proof, checkpoint) did not hold."""
+
+    slug = "verification-failed"
+    title = "Verification failed"
+    status = 422
+
+
+class ConfigError(ApplianceError):
+    """A configuration file is missing or wrong; `problems` name the file and field."""
+
+    slug = "config-error"
+    title = "Configuration error"
+    status = 500
+
+
+class InfrastructureError(ApplianceError):
+    slug = "unavailable"
+    title = "Service unavailable"
+    status = 503
+
+
+class HsmUnavailable(InfrastructureError):
+    slug = "hsm-unavailable"
+    title = "HSM unavailable"
+
+
+class StorageUnavailable(InfrastructureError):
+    slug = "storage-unavailable"
+    title = "Storage unavailable"

@@ -1,0 +1,310 @@
+"""PKCS#11 adapter: the only module that imports `pkcs11`.
+
+One `Hsm` per process holds one logged-in session. python-pkcs11 0.10 initializes the library with
+`C_Initialize(NULL)`, which promises SoftHSM2 that no two threads call it at once, so every call into the
+library goes through one lock. Worker processes each build their own `Hsm` after the fork.
+
+ECDSA keys sign a digest computed on the host (`CKM_ECDSA`); Ed25519 keys sign the message (`CKM_EDDSA`).
+Every python-pkcs11 error is turned into `HsmUnavailable` (infrastructure) or `ConfigError` (wrong PIN,
+missing token or key), so nothing above this module sees a foreign exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from appliance.errors import ConfigError, HsmUnavailable, Problem
+
+T = TypeVar("T")
+
+
+class Curve(enum.Enum):
+    """The three key types of the external contract, with their PKCS#11 parameters."""
+
+    SECP256K1 = "secp256k1"
+    P256 = "P-256"
+    ED25519 = "Ed25519"
+
+    @property
+    def key_type(self) -> Any:
+        return KeyType.EC_EDWARDS if self is Curve.ED25519 else KeyType.EC
+
+    @property
+    def ec_params(self) -> bytes:
+        oid = {"secp256k1": "secp256k1", "P-256": "secp256r1", "Ed25519": "1.3.101.112"}[self.value]
+        return bytes(encode_named_curve_parameters(oid))
+
+    @property
+    def keygen_mechanism(self) -> Any:
+        return Mechanism.EC_EDWARDS_KEY_PAIR_GEN if self is Curve.ED25519 else Mechanism.EC_KEY_PAIR_GEN
+
+    @property
+    def sign_mechanism(self) -> Any:
+        return Mechanism.EDDSA if self is Curve.ED25519 else Mechanism.ECDSA
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A signing key the appliance uses: its label in the token and its curve."""
+
+    label: str
+    curve: Curve
+
+
+@dataclass(frozen=True)
+class KeyAttributes:
+    """The security-relevant attributes of a private key, read back from the token."""
+
+    label: str
+    token: bool
+    private: bool
+    sensitive: bool
+    extractable: bool
+    always_sensitive: bool
+    never_extractable: bool
+    sign: bool
+    derive: bool
+    decrypt: bool
+    unwrap: bool
+
+    def problems(self) -> list[str]:
+        """What makes this key unfit for the appliance (empty when it is fit)."""
+        found = []
+        if not self.token:
+            found.append("is not a token object")
+        if not self.private:
+            found.append("is not CKA_PRIVATE")
+        if not self.sensitive:
+            found.append("is not CKA_SENSITIVE")
+        if self.extractable:
+            found.append("is CKA_EXTRACTABLE")
+        if not self.sign:
+            found.append("cannot sign")
+        for name, allowed in (("derive", self.derive), ("decrypt", self.decrypt), ("unwrap", self.unwrap)):
+            if allowed:
+                found.append(f"allows {name} (a signing key has one use)")
+        return found
+
+
+# Errors after which the session is worth re-opening once: the token went away or the session died.
+_SESSION_LOST = (
+    p11.SessionHandleInvalid,
+    p11.SessionClosed,
+    p11.DeviceRemoved,
+    p11.TokenNotPresent,
+    p11.DeviceError,
+    p11.GeneralError,
+    p11.UserNotLoggedIn,
+    p11.ObjectHandleInvalid,
+    p11.KeyHandleInvalid,
+)
+
+
+class Hsm:
+    """A logged-in PKCS#11 token, safe to share between the threads of one process."""
+
+    def __init__(self, module: str, token_label: str, pin: Callable[[], str]) -> None:
+        self._module = module
+        self._token_label = token_label
+        self._pin = pin
+        self._lock = threading.RLock()
+        self._session: Any = None
+        self._keys: dict[str, Any] = {}
+        self._pid = os.getpid()
+        #: called with (operation, seconds, ok) after each HSM call; metrics hook in here.
+        self.observer: Callable[[str, float, bool], None] | None = None
+
+    # -- session -------------------------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        if self._pid != os.getpid():
+            # A forked child inherits a session that is not valid in it: start over in this process.
+            self._session, self._keys, self._pid = None, {}, os.getpid()
+        if self._session is not None:
+            return self._session
+        try:
+            lib = pkcs11.lib(self._module)
+        except (RuntimeError, OSError, p11.PKCS11Error) as exc:
+            raise ConfigError(f"cannot load PKCS#11 module {self._module}: {exc}") from exc
+        try:
+            token = lib.get_token(token_label=self._token_label)
+        except p11.NoSuchToken as exc:
+            raise ConfigError(f"no token labelled {self._token_label!r} in {self._module}"
+                              " (is SOFTHSM2_CONF pointing at the right token directory?)") from exc
+        except p11.PKCS11Error as exc:
+            raise HsmUnavailable(f"cannot list tokens: {type(exc).__name__}") from exc
+        try:
+            self._session = token.open(user_pin=self._pin(), rw=True)
+        except p11.UserAlreadyLoggedIn:
+            # Login is per process and token: another session of ours is still logged in.
+            self._session = token.open(rw=True)
+        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange) as exc:
+            raise ConfigError(f"the PIN for token {self._token_label!r} is wrong") from exc
+        except p11.PinLocked as exc:
+            raise ConfigError(f"the user PIN of token {self._token_label!r} is locked") from exc
+        except p11.PKCS11Error as exc:
+            raise HsmUnavailable(f"cannot open a session: {type(exc).__name__}") from exc
+        return self._session
+
+    def _drop_session(self) -> None:
+        session, self._session, self._keys = self._session, None, {}
+        if session is not None:
+            try:
+                session.close()
+            except p11.PKCS11Error:
+                pass  # the session is already gone; nothing to release
+
+    def _call(self, operation: str, fn: Callable[[Any], T]) -> T:
+        """Run fn(session) under the lock; re-open a lost session once; wrap foreign errors."""
+        with self._lock:
+            started = time.perf_counter()
+            ok = False
+            try:
+                for attempt in (1, 2):
+                    session = self._open()
+                    try:
+                        result = fn(session)
+                        ok = True
+                        return result
+                    except _SESSION_LOST as exc:
+                        self._drop_session()
+                        if attempt == 2:
+                            raise HsmUnavailable(f"HSM {operation} failed: {type(exc).__name__}") from exc
+                    except p11.PKCS11Error as exc:
+                        raise HsmUnavailable(f"HSM {operation} failed: {type(exc).__name__}") from exc
+                raise AssertionError("unreachable")
+            finally:
+                if self.observer is not None:
+                    self.observer(operation, time.perf_counter() - started, ok)
+
+    def close(self) -> None:
+        """Close the session (logging out when it is the last one)."""
+        with self._lock:
+            self._drop_session()
+
+    def ping(self) -> None:
+        """Raise HsmUnavailable (or ConfigError) unless the token answers."""
+        self._call("ping", lambda s: s.token.label)
+
+    # -- keys ----------------------------------------------------------------------------------------------
+
+    def _private_key(self, session: Any, label: str) -> Any:
+        key = self._keys.get(label)
+        if key is None:
+            try:
+                key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            except p11.NoSuchKey as exc:
+                raise ConfigError(f"no private key labelled {label!r} in token {self._token_label!r}"
+                                  " (run `appliance init`)") from exc
+            except p11.MultipleObjectsReturned as exc:
+                raise ConfigError(f"several private keys are labelled {label!r}: labels must be unique") from exc
+            self._keys[label] = key
+        return key
+
+    def has_key(self, label: str) -> bool:
+        """Whether a private key with this label exists in the token."""
+
+        def find(session: Any) -> bool:
+            return any(True for _ in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                                           Attribute.LABEL: label}))
+
+        return self._call("find", find)
+
+    def generate(self, spec: KeySpec) -> None:
+        """Generate a non-extractable, sign-only key pair inside the token (CKA_TOKEN, CKA_PRIVATE)."""
+
+        def gen(session: Any) -> None:
+            params = session.create_domain_parameters(
+                spec.curve.key_type, {Attribute.EC_PARAMS: spec.curve.ec_params}, local=True)
+            params.generate_keypair(
+                store=True,
+                label=spec.label,
+                mechanism=spec.curve.keygen_mechanism,
+                public_template={Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.DERIVE: False,
+                                 Attribute.ENCRYPT: False, Attribute.WRAP: False},
+                private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                  Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DERIVE: False,
+                                  Attribute.DECRYPT: False, Attribute.UNWRAP: False},
+            )
+
+        self._call("generate", gen)
+
+    def attributes(self, label: str) -> KeyAttributes:
+        """Read back the security attributes of the private key `label`."""
+
+        def read(session: Any) -> KeyAttributes:
+            key = self._private_key(session, label)
+
+            def flag(attr: Any) -> bool:
+                try:
+                    return bool(key[attr])
+                except (p11.AttributeTypeInvalid, p11.AttributeSensitive):
+                    return False
+
+            return KeyAttributes(
+                label=label, token=flag(Attribute.TOKEN), private=flag(Attribute.PRIVATE),
+                sensitive=flag(Attribute.SENSITIVE), extractable=flag(Attribute.EXTRACTABLE),
+                always_sensitive=flag(Attribute.ALWAYS_SENSITIVE),
+                never_extractable=flag(Attribute.NEVER_EXTRACTABLE), sign=flag(Attribute.SIGN),
+                derive=flag(Attribute.DERIVE), decrypt=flag(Attribute.DECRYPT), unwrap=flag(Attribute.UNWRAP))
+
+        return self._call("attributes", read)
+
+    def public_point(self, spec: KeySpec) -> bytes:
+        """The public key: 65-byte uncompressed point for ECDSA curves, 32 bytes for Ed25519."""
+
+        def read(session: Any) -> bytes:
+            try:
+                pub = session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=spec.label)
+            except p11.NoSuchKey as exc:
+                raise ConfigError(f"no public key labelled {spec.label!r} in token {self._token_label!r}") from exc
+            params = bytes(pub[Attribute.EC_PARAMS])
+            if params != spec.curve.ec_params:
+                raise ConfigError(f"key {spec.label!r} is not on curve {spec.curve.value}")
+            return _unwrap_octet_string(bytes(pub[Attribute.EC_POINT]))
+
+        return self._call("public-key", read)
+
+    def sign(self, spec: KeySpec, data: bytes) -> bytes:
+        """Raw signature: r||s over a host-computed digest (ECDSA), or Ed25519 over the message."""
+
+        def do_sign(session: Any) -> bytes:
+            return bytes(self._private_key(session, spec.label).sign(data, mechanism=spec.curve.sign_mechanism))
+
+        return self._call("sign", do_sign)
+
+
+def _unwrap_octet_string(value: bytes) -> bytes:
+    """CKA_EC_POINT is a DER OCTET STRING around the point (SoftHSM2 and the spec); accept a bare point too."""
+    if len(value) >= 2 and value[0] == 0x04:
+        length = value[1]
+        if length < 0x80 and len(value) == 2 + length:
+            return value[2:]
+        if length == 0x81 and len(value) >= 3 and len(value) == 3 + value[2]:
+            return value[3:]
+    return value
+
+
+def check_keys(hsm: Hsm, specs: list[KeySpec]) -> None:
+    """Refuse to run with a key that is missing, extractable, not sensitive or allows more than signing."""
+    problems = []
+    for spec in specs:
+        if not hsm.has_key(spec.label):
+            problems.append(Problem(spec.label, "missing from the token (run `appliance init`)"))
+            continue
+        for issue in hsm.attributes(spec.label).problems():
+            problems.append(Problem(spec.label, issue))
+        hsm.public_point(spec)  # also checks the curve
+    if problems:
+        raise ConfigError("the HSM keys are not fit for signing", problems)

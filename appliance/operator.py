@@ -1,0 +1,50 @@
+"""What an officer's workstation does: load their own key and sign typed requests locally.
+
+The appliance never sees an operator's private key; it only verifies the JWS against the enrolled public key.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from appliance.client import new_jti
+from appliance.domain import jose
+from appliance.errors import ConfigError
+from appliance.services.auth import dumps
+from appliance.signing import SoftwareSigner
+
+
+def load_key(path: str | Path) -> SoftwareSigner:
+    """An operator's private key from a PEM (PKCS#8) file; ConfigError if it is not one."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+        return SoftwareSigner.for_key(key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not an unencrypted PEM Ed25519 or P-256 private key") from exc
+
+
+def sign_request(signer: SoftwareSigner, typ: str, payload: dict[str, Any], now: int | None = None) -> str:
+    """A compact JWS of type `typ` over payload + fresh `iat` and `jti`."""
+    body = {**payload, "iat": int(time.time()) if now is None else now, "jti": new_jti()}
+    header = {"alg": signer.alg, "kid": signer.key_id, "typ": typ}
+    return jose.sign_compact(header, dumps(body), signer.sign)
+
+
+def check_enrolled(signer: SoftwareSigner, name: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """The enrolled operator `name` from the active bundle, if the key file is really theirs."""
+    operators = policy["active"]["bundle"]["operators"]
+    entries = operators["operators"] if isinstance(operators, dict) else operators
+    for op in entries:
+        if op["name"] == name:
+            if jose.thumbprint(op["jwk"]) != signer.key_id:
+                raise ConfigError(f"the key file is not the key enrolled for {name}")
+            return dict(op)
+    raise ConfigError(f"{name} is not an enrolled operator")

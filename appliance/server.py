@@ -1,0 +1,83 @@
+"""The production server: gunicorn with worker processes that each open the HSM after the fork.
+
+Run through `appliance serve`, which checks the HSM keys in a child process first and then executes this
+module with `PROMETHEUS_MULTIPROC_DIR` already set, so that prometheus-client is imported in multiprocess
+mode everywhere. Nothing here touches the HSM in the master process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+log = logging.getLogger("appliance.server")
+
+
+def build_wsgi(config_path: str) -> Any:
+    """Wire the appliance and its Flask app for this (worker) process; refuses to start on unfit keys."""
+    from appliance import config
+    from appliance.api import create_app
+    from appliance.services import context, keys, lifecycle
+
+    settings = config.load(config_path)
+    app_ctx = context.build(settings)
+    keys.check(app_ctx)  # refuse to run with an extractable, non-sensitive or multi-use key
+    lifecycle.on_start(app_ctx)
+    _start_background(app_ctx)
+    return create_app(app_ctx)
+
+
+def _start_background(app_ctx: Any) -> None:
+    """Periodic checkpoints and scheduled attestations; both are idempotent, so each worker may run them."""
+    from appliance.services import lifecycle
+
+    def loop() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                lifecycle.tick(app_ctx)
+            except Exception:  # the loop must survive any failure; each failure is logged and counted
+                log.exception("background tick failed")
+
+    threading.Thread(target=loop, name="appliance-background", daemon=True).start()
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config_path: str, listen: str, workers: int, threads: int, max_body: int) -> None:
+        self.config_path = config_path
+        self.options = {"bind": listen, "workers": workers, "threads": threads, "worker_class": "gthread",
+                        "preload_app": False, "timeout": 60, "graceful_timeout": 10,
+                        "limit_request_field_size": 8190, "accesslog": "-", "errorlog": "-",
+                        "loglevel": "info"}
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:  # called in each worker because preload_app is off
+        return build_wsgi(self.config_path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="appliance HTTP server (use `appliance serve`)")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--max-body", type=int, required=True)
+    args = parser.parse_args()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise SystemExit("PROMETHEUS_MULTIPROC_DIR must be set (use `appliance serve`)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    Server(args.config, args.listen, args.workers, args.threads, args.max_body).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Signed, chained reserve attestations (JWS ES256 by the HSM's P-256 key) and the liabilities they commit to.
+
+Order, fail-closed: (1) one transaction reserves the next `seq` for this `as_of` (unique constraints) and appends
+the audit entry; (2) the HSM signs; (3) a second transaction stores the compact JWS and appends the "signed"
+entry. If signing fails the reservation is removed and the failure audited: there is never a partial
+attestation. The same `as_of` with the same figures returns the stored attestation; different figures are 409.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import exc as sa_exc
+
+from appliance import metrics
+from appliance.domain import attestation as att
+from appliance.domain import checkpoint as notes
+from appliance.domain import reserves
+from appliance.domain.canonical import canonical_json
+from appliance.domain.jose import parse_compact
+from appliance.domain.liabilities import LiabilityTree
+from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound
+from appliance.services import auth
+from appliance.services.audit import AuditLog
+from appliance.services.context import Appliance
+from appliance.services.policy import PolicyService
+from appliance.signing import sign_jws
+from appliance.store import audit_repo
+from appliance.store.tables import attestations
+
+TYP = "reserve-attestation+jws"
+REQUESTER_ROLES = frozenset({"treasury", "auditor"})
+AS_OF_SKEW_SECONDS = 86400  # reserve report and supply snapshot must describe the same day
+MAX_LIST = 200
+
+
+class AttestationService:
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.audit = AuditLog(app)
+        self.policies = PolicyService(app)
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+
+    def liabilities_secret(self) -> bytes:
+        path = self.app.settings.liabilities_secret_file
+        try:
+            return path.read_text(encoding="utf-8").strip().encode("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the liabilities secret {path}: {exc.strerror}") from exc
+
+    def holders_path(self, seq: int) -> Path:
+        return self.app.settings.data_dir / "liabilities" / f"{seq}.csv"
+
+    # -- signing --------------------------------------------------------------------------------------------
+
+    def request(self, token: object) -> dict[str, Any]:
+        """An operator's signed request (treasury or auditor) carrying the inputs."""
+        now = self.app.now()
+        active = self.policies.active()
+        who = auth.authenticate(token, active.bundle, typ=auth.TYP_ATTESTATION_REQUEST, roles=REQUESTER_ROLES,
+                                now=now)
+        payload = who.payload
+        unknown = set(payload) - {"reserves", "supply", "holders_csv", "iat", "jti"}
+        if unknown:
+            raise InvalidInput(f"unknown members in the request: {', '.join(sorted(unknown))}")
+        holders = payload.get("holders_csv")
+        if holders is not None and not isinstance(holders, str):
+            raise InvalidInput("jws.payload.holders_csv must be CSV text or null")
+        return self.attest(payload.get("reserves"), payload.get("supply"), holders, requested_by=who.operator.name,
+                           trigger="api", token=who)
+
+    def attest(self, reserves_data: Any, supply_data: Any, holders_csv: str | None, *, requested_by: str,
+               trigger: str, token: auth.Authenticated | None = None) -> dict[str, Any]:
+        """Validate the inputs, then reserve, sign and store the next attestation; returns {"seq", "jws", ...}.
+
+        `token` is the operator's request, whose jti is consumed in the same transaction as the reservation.
+        """
+        try:
+            result = self._attest(reserves_data, supply_data, holders_csv, requested_by, token)
+        except ApplianceError:
+            metrics.ATTESTATIONS.labels(trigger, "refused").inc()
+            raise
+        metrics.ATTESTATIONS.labels(trigger, "signed" if result["created"] else "existing").inc()
+        return result
+
+    def _attest(self, reserves_data: Any, supply_data: Any, holders_csv: str | None, requested_by: str,
+                token: auth.Authenticated | None) -> dict[str, Any]:
+        report = reserves.parse_reserve_report(reserves_data, "reserves")
+        supply = reserves.parse_supply_snapshot(supply_data, "supply")
+        settings = self.app.settings
+        reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
+        tree = None
+        if holders_csv is not None:
+            tree = LiabilityTree.build(reserves.iter_holders_csv(holders_csv.splitlines(), "holders"),
+                                       self.liabilities_secret())
+        liabilities = tree.summary() if tree is not None else None
+        digest = att.figures_digest(report, supply, liabilities)
+        as_of = _utc(report.as_of)
+        now = self.app.now()
+        checkpoint = self._checkpoint()
+
+        def reserve(conn: Connection) -> tuple[str, Any]:
+            audit_repo.lock_head(conn)  # serializes attestations across threads and instances
+            if token is not None:
+                auth.consume_jti(conn, token, now)
+            same = conn.execute(select(attestations).where(attestations.c.as_of == as_of)).first()
+            last = conn.execute(select(attestations).where(attestations.c.jws != "")
+                                .order_by(attestations.c.seq.desc()).limit(1)).first()
+            decision = att.decide_new(
+                None if last is None else (last.seq, _parse_utc(last.as_of), last.figures_digest),
+                None if same is None else same.figures_digest, report.as_of, digest)
+            if decision == "same":
+                assert same is not None  # decide_new says "same" only when this as_of exists
+                if same.jws == "":
+                    raise Conflict(f"the attestation for {as_of} is being signed: ask again in a moment")
+                return "same", same
+            if same is not None:
+                raise Conflict(f"an attestation for {as_of} exists already")
+            active = self.policies.active(conn)
+            seq = 1 if last is None else last.seq + 1
+            payload = att.build_payload(
+                report, supply, seq=seq, prev_jws=None if last is None else last.jws,
+                issued_at=datetime.fromtimestamp(now, UTC), issuer=settings.issuer,
+                token={"symbol": settings.token_symbol, "name": settings.token_name,
+                       "decimals": settings.token_decimals},
+                policy_hash=active.hash, audit=checkpoint, liabilities=liabilities)
+            conn.execute(insert(attestations).values(
+                seq=seq, as_of=as_of, as_of_ts=int(report.as_of.timestamp()), figures_digest=digest,
+                status=payload["status"], coverage_bps=payload["coverage_bps"],
+                reserves_total=payload["reserves"]["total"], reserves_decimals=payload["reserves"]["decimals"],
+                supply_total=payload["supply"]["total"], supply_decimals=payload["supply"]["decimals"],
+                jws="", issued_at=now, requested_by=requested_by))
+            self.audit.record(conn, actor=requested_by, action="attestation.reserved", subject=str(seq),
+                              details={"as_of": as_of, "figures": digest, "status": payload["status"],
+                                       "coverage_bps": payload["coverage_bps"]}, policy_hash=active.hash)
+            return "new", payload
+
+        try:
+            outcome, data = self.app.db.write(reserve, "attestation-reserve")
+        except sa_exc.IntegrityError as exc:
+            raise Conflict("another attestation was reserved at the same time: ask again") from exc
+        if outcome == "same":
+            return {"seq": data.seq, "jws": data.jws, "as_of": data.as_of, "status": data.status, "created": False}
+        payload: dict[str, Any] = data
+        seq = int(payload["seq"])
+        if tree is not None and holders_csv is not None:
+            self._keep_holders(seq, holders_csv)
+        try:
+            jws = sign_jws(self.app.attestation_signer, canonical_json(payload), TYP)
+        except ApplianceError:
+            metrics.SIGNATURES.labels("attestation", "error").inc()
+            self._unreserve(seq, requested_by)
+            raise
+        metrics.SIGNATURES.labels("attestation", "ok").inc()
+
+        def store(conn: Connection) -> None:
+            conn.execute(update(attestations).where(attestations.c.seq == seq).values(jws=jws))
+            self.audit.record(conn, actor=requested_by, action="attestation.signed", subject=str(seq),
+                              details={"jws_sha256": att.prev_digest(jws)}, policy_hash=payload["policy"])
+
+        self.app.db.write(store, "attestation-store")
+        try:
+            self.audit.checkpoint()
+        except ApplianceError:
+            pass  # the periodic checkpoint covers it; the attestation is durable
+        return {"seq": seq, "jws": jws, "as_of": payload["as_of"], "status": payload["status"], "created": True}
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """Size and root of the latest signed checkpoint (one is signed after every signing event)."""
+        cp = notes.open_checkpoint(self.audit.latest_note(), [self.audit.verifier()])
+        return {"size": cp.size, "root": base64.b64encode(cp.root).decode("ascii")}
+
+    def _keep_holders(self, seq: int, holders_csv: str) -> None:
+        path = self.holders_path(seq)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(holders_csv, encoding="utf-8")
+        tmp.replace(path)
+
+    def _unreserve(self, seq: int, requested_by: str) -> None:
+        def undo(conn: Connection) -> None:
+            conn.execute(delete(attestations).where(attestations.c.seq == seq, attestations.c.jws == ""))
+            self.audit.record(conn, actor=requested_by, action="attestation.failed", subject=str(seq),
+                              details={"reason": "the HSM could not sign"}, policy_hash=None)
+
+        self.app.db.write(undo, "attestation-unreserve")
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def get(self, seq: int) -> str:
+        with self.app.db.read() as conn:
+            row = conn.execute(select(attestations.c.jws).where(attestations.c.seq == seq,
+                                                                 attestations.c.jws != "")).first()
+        if row is None:
+            raise NotFound(f"no attestation {seq}")
+        return str(row.jws)
+
+    def latest(self) -> str:
+        with self.app.db.read() as conn:
+            row = conn.execute(select(attestations.c.jws).where(attestations.c.jws != "")
+                               .order_by(attestations.c.seq.desc()).limit(1)).first()
+        if row is None:
+            raise NotFound("no attestation yet")
+        return str(row.jws)
+
+    def list(self, limit: int, before: int | None) -> dict[str, Any]:
+        query = select(attestations.c.seq, attestations.c.as_of, attestations.c.issued_at, attestations.c.status,
+                       attestations.c.coverage_bps).where(attestations.c.jws != "")
+        if before is not None:
+            query = query.where(attestations.c.seq < before)
+        with self.app.db.read() as conn:
+            total = conn.execute(select(func.count()).select_from(attestations)
+                                 .where(attestations.c.jws != "")).scalar_one()
+            rows = conn.execute(query.order_by(attestations.c.seq.desc()).limit(min(limit, MAX_LIST))).all()
+        items = [{"seq": r.seq, "as_of": r.as_of, "issued_at": r.issued_at, "status": r.status,
+                  "coverage_bps": r.coverage_bps, "href": f"/v1/attestations/{r.seq}"} for r in rows]
+        next_before = items[-1]["seq"] if items and items[-1]["seq"] > 1 else None
+        return {"total": total, "items": items, "next": None if next_before is None else
+                f"/v1/attestations?limit={limit}&before={next_before}"}
+
+    def liability_proof(self, account: str, seq: int) -> dict[str, Any]:
+        """Rebuild the liabilities tree kept for `seq` and return one holder's inclusion proof."""
+        path = self.holders_path(seq)
+        if not path.exists():
+            raise NotFound(f"attestation {seq} has no liabilities data on this appliance")
+        payload = json.loads(_payload_of(self.get(seq)))
+        tree = LiabilityTree.build(reserves.iter_holders_csv(path.read_text(encoding="utf-8").splitlines(),
+                                                             path.name), self.liabilities_secret())
+        if payload.get("liabilities") != tree.summary():
+            raise ConfigError(f"the kept holders file for attestation {seq} no longer matches its root")
+        return {**tree.proof(account), "attestation": seq}
+
+
+def _payload_of(jws: str) -> bytes:
+    return parse_compact(jws).payload
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_utc(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def read_input(path: Path) -> Path:
+    """A file, or the newest *.json (or *.csv) in a directory: how the scheduler finds its inbox."""
+    if path.is_dir():
+        candidates = sorted(p for p in path.iterdir() if p.suffix in (".json", ".csv") and p.is_file())
+        if not candidates:
+            raise NotFound(f"no input files in {path}")
+        return max(candidates, key=lambda p: (p.stat().st_mtime, p.name))
+    return path

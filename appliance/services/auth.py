@@ -1,0 +1,112 @@
+"""Operator authentication: every write is a compact JWS by an enrolled operator's own key.
+
+The protected header names the key (`kid`, its RFC 7638 thumbprint) and the message type (`typ`), which
+separates the domains: a signed approval can never be replayed as a request or a policy vote. The payload
+carries `iat` (within ±5 minutes of the appliance's clock) and a unique `jti`, recorded in the same
+transaction as the state change so a replay is refused across restarts and instances.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert
+from sqlalchemy import exc as sa_exc
+
+from appliance import metrics
+from appliance.domain import jose
+from appliance.domain.canonical import parse_json_strict
+from appliance.domain.policy import Operator, PolicyBundle
+from appliance.errors import ApplianceError, Conflict, Forbidden, InvalidInput, Unauthenticated
+from appliance.store.tables import seen_tokens
+
+IAT_SKEW_SECONDS = 300
+OPERATOR_ALGS = frozenset({"EdDSA", "ES256"})
+
+TYP_MINT_REQUEST = "mint-request+jws"
+TYP_MINT_APPROVAL = "mint-approval+jws"
+TYP_MINT_CANCEL = "mint-cancel+jws"
+TYP_ATTESTATION_REQUEST = "attestation-request+jws"
+TYP_POLICY_PROPOSAL = "policy-proposal+jws"
+TYP_POLICY_APPROVAL = "policy-approval+jws"
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    operator: Operator
+    payload: dict[str, Any]
+    token: str
+    jti: str
+    iat: int
+
+
+def _operator_for_kid(bundle: PolicyBundle, kid: object) -> Operator:
+    if not isinstance(kid, str):
+        raise Unauthenticated("the JWS header needs a `kid`: the RFC 7638 thumbprint of your enrolled key")
+    for op in bundle.operators:
+        if jose.thumbprint(dict(op.jwk)) == kid:
+            return op
+    raise Unauthenticated("no enrolled operator has the key named by `kid`")
+
+
+def authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str], now: int) -> Authenticated:
+    """Verify an operator's JWS of type `typ`; raises Unauthenticated, Forbidden or InvalidInput."""
+    try:
+        return _authenticate(token, bundle, typ=typ, roles=roles, now=now)
+    except Unauthenticated as exc:
+        metrics.AUTH_FAILURES.labels(_reason_label(exc.detail)).inc()
+        raise
+
+
+def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
+                  now: int) -> Authenticated:
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise InvalidInput("`jws` must be a compact JWS string")
+    parsed = jose.parse_compact(token, "jws")
+    if parsed.header.get("typ") != typ:
+        raise Unauthenticated(f"the JWS `typ` must be {typ!r} for this operation")
+    operator = _operator_for_kid(bundle, parsed.header.get("kid"))
+    try:
+        jose.verify_compact(token, dict(operator.jwk), algs=OPERATOR_ALGS, typ=typ, location="jws")
+    except ApplianceError as exc:
+        raise Unauthenticated(f"the signature of {operator.name} does not verify: {exc.detail}") from exc
+    if not operator.enabled:
+        raise Forbidden(f"operator {operator.name} is disabled")
+    if roles and not (operator.roles & roles):
+        raise Forbidden(f"operator {operator.name} lacks a required role ({', '.join(sorted(roles))})")
+    payload = parse_json_strict(parsed.payload, "jws.payload")
+    if not isinstance(payload, dict):
+        raise InvalidInput("the JWS payload must be a JSON object")
+    iat, jti = payload.get("iat"), payload.get("jti")
+    if isinstance(iat, bool) or not isinstance(iat, int):
+        raise InvalidInput("jws.payload.iat must be an integer (Unix seconds)")
+    if abs(now - iat) > IAT_SKEW_SECONDS:
+        raise Unauthenticated(f"jws.payload.iat is more than {IAT_SKEW_SECONDS} s from the appliance's clock")
+    if not isinstance(jti, str) or not 16 <= len(jti) <= 128 or not jti.isascii() or not jti.isprintable():
+        raise InvalidInput("jws.payload.jti must be a unique printable ASCII string of 16 to 128 characters")
+    return Authenticated(operator=operator, payload=payload, token=token, jti=jti, iat=iat)
+
+
+def consume_jti(conn: Connection, auth: Authenticated, now: int) -> None:
+    """Record the token's jti inside the caller's transaction; a replay raises Conflict."""
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(seen_tokens).values(jti=auth.jti, operator=auth.operator.name, seen_at=now))
+    except sa_exc.IntegrityError as exc:
+        metrics.AUTH_FAILURES.labels("replay").inc()
+        raise Conflict("this JWS was already used (replayed jti)") from exc
+
+
+def _reason_label(detail: str) -> str:
+    for key, label in (("typ", "wrong-type"), ("kid", "unknown-key"), ("enrolled", "unknown-key"),
+                       ("does not verify", "bad-signature"), ("iat", "stale")):
+        if key in detail:
+            return label
+    return "other"
+
+
+def dumps(payload: dict[str, Any]) -> bytes:
+    """JSON bytes for a JWS payload (compact, UTF-8)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,57 @@
+"""The appliance's wiring: settings, store, HSM and signers, built once per process (after any fork)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from appliance import metrics
+from appliance.config import Settings, apply_environment
+from appliance.hsm import Curve, Hsm, KeySpec
+from appliance.signing import HsmSigner
+from appliance.store.db import Database
+
+
+def rfc3339(ts: float) -> str:
+    """UTC RFC 3339 with second precision: 2026-11-25T03:45:00Z."""
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Appliance:
+    settings: Settings
+    db: Database
+    hsm: Hsm
+    clock: Callable[[], float] = time.time
+    mint_signer: HsmSigner = field(init=False)
+    attestation_signer: HsmSigner = field(init=False)
+    audit_signer: HsmSigner = field(init=False)
+
+    def __post_init__(self) -> None:
+        h = self.settings.hsm
+        self.mint_signer = HsmSigner(self.hsm, KeySpec(h.mint_key, Curve.SECP256K1))
+        self.attestation_signer = HsmSigner(self.hsm, KeySpec(h.attestation_key, Curve.P256))
+        self.audit_signer = HsmSigner(self.hsm, KeySpec(h.audit_key, Curve.ED25519))
+
+    @property
+    def key_specs(self) -> list[KeySpec]:
+        return [self.mint_signer.spec, self.attestation_signer.spec, self.audit_signer.spec]
+
+    @property
+    def signers(self) -> list[HsmSigner]:
+        return [self.mint_signer, self.attestation_signer, self.audit_signer]
+
+    def now(self) -> int:
+        return int(self.clock())
+
+
+def build(settings: Settings, clock: Callable[[], float] = time.time) -> Appliance:
+    """Wire the appliance for this process. Nothing touches the HSM until first use."""
+    apply_environment(settings)
+    hsm = Hsm(settings.hsm.module, settings.hsm.token_label, settings.hsm.pin)
+    hsm.observer = metrics.observe_hsm
+    db = Database(settings.storage_url, settings.storage_timeout_seconds)
+    db.on_failure = lambda operation: metrics.AUDIT_WRITE_FAILURES.labels(operation).inc()
+    return Appliance(settings=settings, db=db, hsm=hsm, clock=clock)

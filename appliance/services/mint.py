@@ -1,0 +1,459 @@
+"""Mint requests, approvals and authorizations: the HSM signs only after a quorum of distinct officers.
+
+Order of a signature, each step fail-closed:
+1. One write transaction (holding the audit head lock, which serializes every reservation across instances):
+   re-evaluate the quorum under the request's recorded policy AND the current policy and operator set,
+   re-check velocity and the reserve guard, insert the nonce reservation (unique), append the audit entry.
+   Committed durably, or nothing is signed (503).
+2. The HSM signs the EIP-712 digest recomputed from the stored fields; the signature is normalised to low-s
+   and recovered to the mint key's address before it is kept.
+3. A second transaction stores the signature and appends the "signed" audit entry.
+Asking again returns the stored signature without an HSM call. If step 3 cannot be written, the reservation
+stays without a signature and the next request for the authorization signs the same digest again (the
+on-chain nonce makes a second signature over the same authorization harmless).
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import exc as sa_exc
+
+from appliance import metrics
+from appliance.domain import amounts, eip712, quorum
+from appliance.domain.policy import PolicyBundle, ReserveFacts, check_new_request, reserve_guard_reasons
+from appliance.errors import (
+    ApplianceError,
+    Conflict,
+    Forbidden,
+    InfrastructureError,
+    InvalidInput,
+    NotFound,
+    PolicyViolation,
+    Problem,
+)
+from appliance.services import auth
+from appliance.services.audit import AuditLog
+from appliance.services.context import Appliance
+from appliance.services.policy import ActiveBundle, PolicyService
+from appliance.store import audit_repo
+from appliance.store.tables import attestations, mint_approvals, mint_authorizations, mint_requests
+
+REQUESTER_ROLES = frozenset({"treasury", "cfo"})
+CANCEL_ROLES = frozenset({"treasury", "cfo", "security-admin"})
+STATUSES = ("pending", "authorized", "rejected", "cancelled", "expired")
+MAX_LIST = 200
+RECOVERY_AFTER_SECONDS = 30  # longer than any HSM call may take (a signature is milliseconds)
+
+
+class MintService:
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.audit = AuditLog(app)
+        self.policies = PolicyService(app)
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    def _domain(self, chain_id: int, contract: str) -> eip712.Eip712Domain:
+        s = self.app.settings
+        return eip712.Eip712Domain(s.eip712_name, s.eip712_version, chain_id, contract)
+
+    def _message(self, row: Any) -> eip712.MintAuthorization:
+        return eip712.MintAuthorization(to=row.to_address, amount=int(row.amount),
+                                        nonce=bytes.fromhex(row.nonce[2:]), valid_after=row.valid_after,
+                                        valid_before=row.valid_before)
+
+    def _digest(self, row: Any) -> str:
+        """The EIP-712 digest recomputed from the stored canonical fields (never a stored or sent digest)."""
+        return "0x" + eip712.mint_digest(self._domain(row.chain_id, row.verifying_contract),
+                                         self._message(row)).hex()
+
+    def _typed_data(self, row: Any) -> dict[str, Any]:
+        return eip712.typed_data(self._domain(row.chain_id, row.verifying_contract), self._message(row))
+
+    @staticmethod
+    def _facts(row: Any) -> quorum.RequestFacts:
+        return quorum.RequestFacts(id=row.id, requester=row.requester, amount=int(row.amount), digest=row.digest,
+                                   created_at=row.created_at, expires_at=row.expires_at,
+                                   policy_hash=row.policy_hash)
+
+    @staticmethod
+    def _approvals(conn: Connection, request_id: str) -> list[quorum.Approval]:
+        rows = conn.execute(select(mint_approvals).where(mint_approvals.c.request_id == request_id)
+                            .order_by(mint_approvals.c.created_at, mint_approvals.c.operator))
+        return [quorum.Approval(operator=r.operator, decision=r.decision, request_id=r.request_id, digest=r.digest,
+                                policy_hash=r.policy_hash, iat=r.iat) for r in rows]
+
+    def _evaluate(self, conn: Connection, row: Any, active: ActiveBundle, now: int) -> quorum.QuorumResult:
+        """The stricter of: the policy the request was made under, and the current policy and operators."""
+        approvals = self._approvals(conn, row.id)
+        facts = self._facts(row)
+        current = quorum.evaluate(facts, approvals, active.bundle.operators, active.bundle.policy, now)
+        if row.policy_hash == active.hash:
+            return current
+        recorded = self.policies.by_hash(conn, row.policy_hash)
+        under_recorded = quorum.evaluate(facts, approvals, active.bundle.operators, recorded.policy, now)
+        return current if not current.met else under_recorded  # both must hold
+
+    @staticmethod
+    def _authorized_since(conn: Connection, since: int) -> int:
+        rows = conn.execute(select(mint_authorizations.c.amount).where(mint_authorizations.c.reserved_at > since))
+        return sum(int(r.amount) for r in rows)
+
+    def _reserve_reasons(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int) -> list[str]:
+        if not bundle.policy.reserve_guard.enabled:
+            return []
+        row = conn.execute(select(attestations).order_by(attestations.c.seq.desc()).limit(1)).first()
+        if row is None:
+            return reserve_guard_reasons(bundle.policy, None, authorized_since=0, amount=amount, now=now)
+        token_dec = self.app.settings.token_decimals
+        common = max(row.reserves_decimals, row.supply_decimals, token_dec)
+        scale = 10 ** common
+        reserves = int(row.reserves_total) * scale // 10 ** row.reserves_decimals
+        supply = int(row.supply_total) * scale // 10 ** row.supply_decimals
+        since = self._authorized_since(conn, row.as_of_ts) * scale // 10 ** token_dec
+        facts = ReserveFacts(issued_at=row.issued_at, status=row.status, reserves=reserves, supply=supply)
+        return reserve_guard_reasons(bundle.policy, facts, authorized_since=since,
+                                     amount=amount * scale // 10 ** token_dec, now=now)
+
+    def _row(self, conn: Connection, request_id: str, lock: bool = False) -> Any:
+        query = select(mint_requests).where(mint_requests.c.id == request_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
+        if row is None:
+            raise NotFound(f"no mint request {request_id}")
+        return row
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    def create(self, token: object) -> dict[str, Any]:
+        """Validate and store a mint request signed by a treasury officer; returns the request object."""
+        now = self.app.now()
+        active = self.policies.active()
+        try:
+            who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_REQUEST, roles=REQUESTER_ROLES, now=now)
+            chain_id, to, amount = self._request_fields(who.payload)
+        except ApplianceError:
+            metrics.MINT_REQUESTS.labels("refused").inc()
+            raise
+        chain = self.app.settings.chain(chain_id)
+        assert chain is not None
+        policy = active.bundle.policy
+        request_id = str(uuid.uuid4())
+        nonce = "0x" + secrets.token_bytes(32).hex()
+        valid_before = now + policy.mint.request_ttl_seconds + policy.mint.authorization_validity_seconds
+        values: dict[str, Any] = dict(
+            id=request_id, requester=who.operator.name, chain_id=chain_id,
+            verifying_contract=chain.verifying_contract, to_address=to, amount=str(amount), nonce=nonce,
+            valid_after=now, valid_before=valid_before, policy_hash=active.hash, status="pending",
+            request_jws=who.token, created_at=now, expires_at=now + policy.mint.request_ttl_seconds)
+        values["digest"] = self._digest(SimpleNamespace(**values))
+
+        def store(conn: Connection) -> None:
+            audit_repo.lock_head(conn)  # serializes against authorizations so the velocity sum is current
+            window = now - policy.mint.velocity_window_seconds
+            check_new_request(policy, chain_id=chain_id, to=to, amount=amount,
+                              authorized_in_window=self._authorized_since(conn, window))
+            reasons = self._reserve_reasons(conn, active.bundle, amount, now)
+            if reasons:
+                raise PolicyViolation("the reserve guard refuses this mint", [Problem("reserve_guard", r)
+                                                                              for r in reasons])
+            auth.consume_jti(conn, who, now)
+            conn.execute(insert(mint_requests).values(**values))
+            self.audit.record(conn, actor=who.operator.name, action="mint.requested", subject=request_id,
+                              details={"chain_id": chain_id, "to": to, "amount": str(amount),
+                                       "digest": values["digest"], "nonce": nonce}, policy_hash=active.hash)
+
+        try:
+            self.app.db.write(store, "mint-request")
+        except ApplianceError:
+            metrics.MINT_REQUESTS.labels("refused").inc()
+            raise
+        metrics.MINT_REQUESTS.labels("created").inc()
+        return self.get(request_id)
+
+    def _request_fields(self, payload: dict[str, Any]) -> tuple[int, str, int]:
+        problems: list[Problem] = []
+        chain_id = payload.get("chain_id")
+        if isinstance(chain_id, bool) or not isinstance(chain_id, int):
+            problems.append(Problem("jws.payload.chain_id", "must be an integer"))
+        elif self.app.settings.chain(chain_id) is None:
+            problems.append(Problem("jws.payload.chain_id", f"chain {chain_id} is not configured"))
+        to = amount = None
+        try:
+            to = eip712.parse_address(payload.get("to"), "jws.payload.to")
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+        try:
+            amount = amounts.parse_amount(payload.get("amount"), "jws.payload.amount")
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+        unknown = set(payload) - {"chain_id", "to", "amount", "iat", "jti"}
+        problems.extend(Problem(f"jws.payload.{k}", "unknown member") for k in sorted(unknown))
+        if problems:
+            raise InvalidInput("the mint request is not valid", problems)
+        assert isinstance(chain_id, int) and to is not None and amount is not None
+        return chain_id, to, amount
+
+    # -- approvals ------------------------------------------------------------------------------------------
+
+    def approve(self, request_id: str, token: object) -> dict[str, Any]:
+        """Record one officer's approval or rejection; sign the authorization once the quorum is met."""
+        now = self.app.now()
+
+        def record(conn: Connection) -> bool:
+            active = self.policies.active(conn)
+            row = self._row(conn, request_id, lock=True)
+            who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_APPROVAL,
+                                    roles=REQUESTER_ROLES, now=now)
+            payload = who.payload
+            decision = payload.get("decision")
+            if decision not in ("approve", "reject"):
+                raise InvalidInput("jws.payload.decision must be approve or reject")
+            if payload.get("request_id") != request_id:
+                raise PolicyViolation("the approval names another request")
+            digest = self._digest(row)
+            if payload.get("digest") != digest:
+                raise PolicyViolation("the approval's digest is not the digest of this request",
+                                      [Problem("jws.payload.digest", f"expected {digest}")])
+            if payload.get("policy") != row.policy_hash:
+                raise PolicyViolation("the approval names another policy than the request's",
+                                      [Problem("jws.payload.policy", f"expected {row.policy_hash}")])
+            if who.operator.name == row.requester:
+                raise Forbidden("the requester cannot approve or reject their own request")
+            self._check_open(conn, row, now)
+            auth.consume_jti(conn, who, now)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(mint_approvals).values(
+                        request_id=request_id, operator=who.operator.name, decision=decision, digest=digest,
+                        policy_hash=row.policy_hash, iat=who.iat, jws=who.token, created_at=now))
+            except sa_exc.IntegrityError as exc:
+                raise Conflict(f"{who.operator.name} has already decided on this request") from exc
+            self.audit.record(conn, actor=who.operator.name, action=f"mint.{decision}d", subject=request_id,
+                              details={"digest": digest}, policy_hash=active.hash)
+            result = self._evaluate(conn, row, active, now)
+            if result.vetoed:
+                self._close(conn, row, "rejected", who.operator.name, now, active.hash,
+                            {"quorum": result.to_json()})
+            return result.met
+
+        try:
+            met = self.app.db.write(record, "mint-approval")
+        except ApplianceError:
+            metrics.MINT_APPROVALS.labels("refused").inc()
+            raise
+        metrics.MINT_APPROVALS.labels("recorded").inc()
+        if met:
+            self.authorize(request_id)
+        return self.get(request_id)
+
+    def _check_open(self, conn: Connection, row: Any, now: int) -> None:
+        if row.status != "pending":
+            raise Conflict(f"request {row.id} is {row.status}")
+        if now >= row.expires_at:
+            self._close(conn, row, "expired", "appliance", now, row.policy_hash, {})
+            raise Conflict(f"request {row.id} expired")
+
+    def _close(self, conn: Connection, row: Any, status: str, by: str, now: int, policy_hash: str,
+               details: dict[str, Any]) -> None:
+        conn.execute(update(mint_requests).where(mint_requests.c.id == row.id, mint_requests.c.status == "pending")
+                     .values(status=status, closed_by=by, closed_at=now))
+        self.audit.record(conn, actor=by, action=f"mint.{status}", subject=row.id, details=details,
+                          policy_hash=policy_hash)
+
+    def cancel(self, request_id: str, token: object) -> dict[str, Any]:
+        now = self.app.now()
+
+        def do_cancel(conn: Connection) -> None:
+            active = self.policies.active(conn)
+            row = self._row(conn, request_id, lock=True)
+            who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_CANCEL, roles=CANCEL_ROLES, now=now)
+            if who.payload.get("request_id") != request_id:
+                raise PolicyViolation("the cancellation names another request")
+            if who.operator.name != row.requester and "security-admin" not in who.operator.roles:
+                raise Forbidden("only the requester or a security admin can cancel a request")
+            if row.status != "pending":
+                raise Conflict(f"request {request_id} is {row.status}")
+            if conn.execute(select(mint_authorizations.c.request_id)
+                            .where(mint_authorizations.c.request_id == request_id)).first() is not None:
+                raise Conflict(f"request {request_id} is being authorized")
+            auth.consume_jti(conn, who, now)
+            self._close(conn, row, "cancelled", who.operator.name, now, active.hash, {})
+
+        self.app.db.write(do_cancel, "mint-cancel")
+        return self.get(request_id)
+
+    # -- authorization --------------------------------------------------------------------------------------
+
+    def authorize(self, request_id: str) -> dict[str, Any] | None:
+        """Sign the authorization if the quorum holds now; returns it, or None when not (yet) allowed."""
+        now = self.app.now()
+        signer = self.app.mint_signer
+
+        def reserve(conn: Connection) -> tuple[str, Any]:
+            audit_repo.lock_head(conn)
+            existing = conn.execute(select(mint_authorizations)
+                                    .where(mint_authorizations.c.request_id == request_id)).first()
+            if existing is not None:
+                return ("stored" if existing.signature else "unsigned"), existing
+            active = self.policies.active(conn)
+            row = self._row(conn, request_id)
+            if row.status != "pending" or now >= row.expires_at:
+                return "closed", None
+            result = self._evaluate(conn, row, active, now)
+            if not result.met:
+                return "not-met", None
+            policy = active.bundle.policy
+            window = now - policy.mint.velocity_window_seconds
+            in_window = self._authorized_since(conn, window)
+            reasons = []
+            if in_window + int(row.amount) > policy.mint.velocity_limit:
+                reasons.append(f"velocity limit: {in_window} authorized in the window + {row.amount} "
+                               f"> {policy.mint.velocity_limit}")
+            reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now)
+            digest = self._digest(row)
+            if digest != row.digest:
+                reasons.append("the stored digest does not match the stored fields")
+            if reasons:
+                self.audit.record(conn, actor="appliance", action="mint.authorization.refused", subject=row.id,
+                                  details={"reasons": reasons}, policy_hash=active.hash)
+                return "refused", reasons
+            conn.execute(insert(mint_authorizations).values(
+                request_id=row.id, nonce=row.nonce, digest=digest, chain_id=row.chain_id, amount=row.amount,
+                signer=signer.address, reserved_at=now))
+            self.audit.record(conn, actor="appliance", action="mint.authorization.reserved", subject=row.id,
+                              details={"digest": digest, "nonce": row.nonce, "quorum": result.to_json(),
+                                       "signer": signer.address}, policy_hash=active.hash)
+            return "reserved", None
+
+        try:
+            outcome, data = self.app.db.write(reserve, "mint-reserve")
+        except sa_exc.IntegrityError:
+            return self._stored_authorization(request_id)  # another thread or instance reserved it first
+        except InfrastructureError:
+            metrics.MINT_AUTHORIZATIONS.labels("failed-closed").inc()
+            raise
+        if outcome == "stored":
+            metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
+            return self._stored_authorization(request_id)
+        if outcome in ("closed", "not-met", "unsigned"):
+            return None  # "unsigned": another thread or instance holds the reservation and is signing it
+        if outcome == "refused":
+            metrics.MINT_AUTHORIZATIONS.labels("refused").inc()
+            raise PolicyViolation("the authorization is refused", [Problem("policy", r) for r in data])
+        return self._sign(request_id)
+
+    def _sign(self, request_id: str) -> dict[str, Any]:
+        """Sign a reserved authorization and store the signature; returns the authorization object."""
+        with self.app.db.read() as conn:
+            row = self._row(conn, request_id)
+            reservation = conn.execute(select(mint_authorizations)
+                                       .where(mint_authorizations.c.request_id == request_id)).one()
+        digest = self._digest(row)
+        if digest != reservation.digest:
+            raise PolicyViolation("the reserved digest does not match the request")
+        try:
+            signature = self.app.mint_signer.sign_eth_digest(bytes.fromhex(digest[2:]))
+        except ApplianceError:
+            metrics.SIGNATURES.labels("mint", "error").inc()
+            metrics.MINT_AUTHORIZATIONS.labels("hsm-error").inc()
+            raise
+        metrics.SIGNATURES.labels("mint", "ok").inc()
+        now = self.app.now()
+
+        def store(conn: Connection) -> None:
+            conn.execute(update(mint_authorizations).where(mint_authorizations.c.request_id == request_id,
+                                                           mint_authorizations.c.signature.is_(None))
+                         .values(signature="0x" + signature.hex(), signed_at=now))
+            conn.execute(update(mint_requests).where(mint_requests.c.id == request_id)
+                         .values(status="authorized", closed_by="appliance", closed_at=now))
+            self.audit.record(conn, actor="appliance", action="mint.authorization.signed", subject=request_id,
+                              details={"digest": digest, "signature": "0x" + signature.hex()},
+                              policy_hash=row.policy_hash)
+
+        self.app.db.write(store, "mint-store")
+        metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
+        try:
+            self.audit.checkpoint()
+        except ApplianceError:
+            pass  # the periodic checkpoint will cover it; the authorization itself is durable
+        stored = self._stored_authorization(request_id)
+        assert stored is not None  # just written in this process
+        return stored
+
+    def _stored_authorization(self, request_id: str) -> dict[str, Any] | None:
+        with self.app.db.read() as conn:
+            row = self._row(conn, request_id)
+            auth_row = conn.execute(select(mint_authorizations)
+                                    .where(mint_authorizations.c.request_id == request_id)).first()
+        if auth_row is None or auth_row.signature is None:
+            return None
+        return {"typedData": self._typed_data(row), "digest": auth_row.digest, "signature": auth_row.signature,
+                "signer": auth_row.signer}
+
+    def authorization(self, request_id: str) -> dict[str, Any]:
+        """The stored authorization; completes a reservation left unsigned by an earlier failure.
+
+        A reservation younger than RECOVERY_AFTER_SECONDS may still be in the hands of the thread that made
+        it, so it is left alone (409): only a stale one is signed here.
+        """
+        stored = self._stored_authorization(request_id)
+        if stored is not None:
+            metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
+            return stored
+        with self.app.db.read() as conn:
+            reserved = conn.execute(select(mint_authorizations.c.reserved_at)
+                                    .where(mint_authorizations.c.request_id == request_id)).first()
+            row = self._row(conn, request_id)
+        if reserved is not None:
+            if self.app.now() - reserved.reserved_at >= RECOVERY_AFTER_SECONDS:
+                return self._sign(request_id)
+            raise Conflict(f"request {request_id} is being signed: ask again in a moment")
+        raise Conflict(f"request {request_id} is {row.status}: no authorization has been issued")
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        now = self.app.now()
+        with self.app.db.read() as conn:
+            row = self._row(conn, request_id)
+            active = self.policies.active(conn)
+            result = self._evaluate(conn, row, active, now)
+            approvals = conn.execute(select(mint_approvals.c.operator, mint_approvals.c.decision,
+                                            mint_approvals.c.iat).where(mint_approvals.c.request_id == request_id)
+                                     .order_by(mint_approvals.c.created_at, mint_approvals.c.operator)).all()
+            tier = active.bundle.policy.tier_for(int(row.amount))
+        status = "expired" if row.status == "pending" and now >= row.expires_at else row.status
+        return {
+            "id": row.id, "status": status, "requester": row.requester, "chain_id": row.chain_id,
+            "to": row.to_address, "amount": row.amount,
+            "amount_tokens": amounts.format_units(int(row.amount), self.app.settings.token_decimals),
+            "token": self.app.settings.token_symbol, "nonce": row.nonce, "valid_after": row.valid_after,
+            "valid_before": row.valid_before, "digest": row.digest, "policy": row.policy_hash,
+            "typedData": self._typed_data(row), "required": active.bundle.policy.describe(tier),
+            "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat} for a in approvals],
+            "quorum": result.to_json(), "created_at": row.created_at, "expires_at": row.expires_at,
+            "authorization": self._stored_authorization(request_id),
+        }
+
+    def list(self, status: str | None, limit: int, offset: int) -> dict[str, Any]:
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}")
+        query = select(mint_requests.c.id, mint_requests.c.status, mint_requests.c.requester,
+                       mint_requests.c.chain_id, mint_requests.c.to_address, mint_requests.c.amount,
+                       mint_requests.c.created_at, mint_requests.c.expires_at)
+        count = select(func.count()).select_from(mint_requests)
+        if status is not None:
+            query = query.where(mint_requests.c.status == status)
+            count = count.where(mint_requests.c.status == status)
+        with self.app.db.read() as conn:
+            total = conn.execute(count).scalar_one()
+            rows = conn.execute(query.order_by(mint_requests.c.created_at.desc(), mint_requests.c.id)
+                                .limit(min(limit, MAX_LIST)).offset(offset)).all()
+        return {"total": total, "items": [
+            {"id": r.id, "status": r.status, "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
+             "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}

@@ -1,0 +1,227 @@
+"""Policy and operator bundles under quorum.
+
+The first bundle is pinned from the TOML files at `init`. After that the TOML on disk is only a draft:
+a new bundle takes effect when a quorum of the CURRENT security admins (the active bundle's governance rule)
+has approved its hash, and it applies to requests created afterwards (each request records its bundle hash).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from appliance import metrics
+from appliance.domain import jose
+from appliance.domain.canonical import canonical_json
+from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy
+from appliance.errors import ConfigError, Conflict, InvalidInput, NotFound, PolicyViolation, Problem
+from appliance.services import auth
+from appliance.services.audit import AuditLog
+from appliance.services.context import Appliance
+from appliance.store.tables import policy_approvals, policy_bundles
+
+
+@dataclass(frozen=True)
+class ActiveBundle:
+    id: str
+    hash: str
+    bundle: PolicyBundle
+    activated_seq: int
+
+
+def load_bundle_files(policy_file: Path, operators_file: Path) -> PolicyBundle:
+    """Parse and validate policy.toml and operators.toml (including each public key)."""
+    data = {}
+    for name, path in (("policy", policy_file), ("operators", operators_file)):
+        try:
+            data[name] = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path} not found") from exc
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path.name} cannot be read as TOML: {exc}") from exc
+    return checked(PolicyBundle(parse_policy(data["policy"], policy_file.name),
+                                parse_operators(data["operators"], operators_file.name)))
+
+
+def checked(bundle: PolicyBundle) -> PolicyBundle:
+    """The bundle, once every operator key is a valid Ed25519 or P-256 public JWK."""
+    problems = []
+    for op in bundle.operators:
+        where = f"operators.toml: {op.name}.jwk"
+        try:
+            jose.public_key_from_jwk(dict(op.jwk), where)
+            if jose.jwk_alg(dict(op.jwk)) not in auth.OPERATOR_ALGS:
+                problems.append(Problem(where, "operator keys are Ed25519 or P-256"))
+        except InvalidInput as exc:
+            problems.extend(exc.problems or [Problem(where, exc.detail)])
+    if problems:
+        raise InvalidInput("operator keys are not valid", problems)
+    return bundle
+
+
+class PolicyService:
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.audit = AuditLog(app)
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def active(self, conn: Connection | None = None) -> ActiveBundle:
+        """The bundle in force; ConfigError when `init` never pinned one."""
+        if conn is None:
+            with self.app.db.read() as c:
+                return self.active(c)
+        row = conn.execute(select(policy_bundles).where(policy_bundles.c.status == "active")).first()
+        if row is None:
+            raise ConfigError("no active policy: run `appliance init`")
+        return ActiveBundle(row.id, row.hash, PolicyBundle.from_json(json.loads(row.bundle)), row.activated_seq)
+
+    def by_hash(self, conn: Connection, digest: str) -> PolicyBundle:
+        row = conn.execute(select(policy_bundles.c.bundle).where(policy_bundles.c.hash == digest)).first()
+        if row is None:
+            raise NotFound(f"no policy bundle with hash {digest}")
+        return PolicyBundle.from_json(json.loads(row.bundle))
+
+    def describe(self) -> dict[str, Any]:
+        with self.app.db.read() as conn:
+            active = self.active(conn)
+            rows = conn.execute(select(policy_bundles).where(policy_bundles.c.status == "proposed")
+                                .order_by(policy_bundles.c.created_at)).all()
+            proposals = [self._proposal_json(conn, r) for r in rows]
+        return {"active": {"id": active.id, "hash": active.hash, "activated_seq": active.activated_seq,
+                           "bundle": active.bundle.to_json()},
+                "governance": _governance_text(active.bundle), "proposals": proposals}
+
+    def _proposal_json(self, conn: Connection, row: Any) -> dict[str, Any]:
+        votes = conn.execute(select(policy_approvals.c.operator, policy_approvals.c.decision)
+                             .where(policy_approvals.c.bundle_id == row.id).order_by(policy_approvals.c.operator))
+        return {"id": row.id, "hash": row.hash, "status": row.status, "proposed_by": row.proposed_by,
+                "approvals": [{"operator": v.operator, "decision": v.decision} for v in votes],
+                "bundle": json.loads(row.bundle)}
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    def pin_initial(self, bundle: PolicyBundle) -> tuple[str, bool]:
+        """Pin the first bundle at init (idempotent); returns (hash, pinned_now)."""
+
+        def pin(conn: Connection) -> tuple[str, bool]:
+            row = conn.execute(select(policy_bundles.c.hash).where(policy_bundles.c.status == "active")).first()
+            if row is not None:
+                return row.hash, False
+            digest = bundle.hash
+            conn.execute(insert(policy_bundles).values(
+                id=str(uuid.uuid4()), hash=digest, bundle=canonical_json(bundle.to_json()).decode("utf-8"),
+                status="active", proposed_by="init", created_at=self.app.now(), activated_seq=1,
+                activated_at=self.app.now()))
+            self.audit.record(conn, actor="init", action="policy.pinned", subject=digest,
+                              details={"operators": sorted(op.name for op in bundle.operators)}, policy_hash=digest)
+            return digest, True
+
+        return self.app.db.write(pin, "policy")
+
+    def propose(self, token: object) -> dict[str, Any]:
+        now = self.app.now()
+        active = self.active()
+        who = auth.authenticate(token, active.bundle, typ=auth.TYP_POLICY_PROPOSAL,
+                                roles=frozenset({"security-admin"}), now=now)
+        proposed = self._proposed_bundle(who.payload, active.bundle)
+        digest = proposed.hash
+        proposal_id = str(uuid.uuid4())
+
+        def store(conn: Connection) -> None:
+            auth.consume_jti(conn, who, now)
+            exists = conn.execute(select(policy_bundles.c.id).where(policy_bundles.c.hash == digest)).first()
+            if exists is not None:
+                raise Conflict(f"a bundle with hash {digest} exists already ({exists.id})")
+            conn.execute(insert(policy_bundles).values(
+                id=proposal_id, hash=digest, bundle=canonical_json(proposed.to_json()).decode("utf-8"),
+                status="proposed", proposed_by=who.operator.name, created_at=now))
+            self.audit.record(conn, actor=who.operator.name, action="policy.proposed", subject=digest,
+                              details={"proposal": proposal_id}, policy_hash=active.hash)
+
+        self.app.db.write(store, "policy")
+        metrics.POLICY_CHANGES.labels("proposed").inc()
+        return {"id": proposal_id, "hash": digest, "status": "proposed", "governance": _governance_text(
+            active.bundle)}
+
+    @staticmethod
+    def _proposed_bundle(payload: dict[str, Any], current: PolicyBundle) -> PolicyBundle:
+        """The proposal's policy (policy.toml as a table) and operators (operators.toml, or null to keep)."""
+        policy_data, operators_data = payload.get("policy"), payload.get("operators")
+        if not isinstance(policy_data, dict):
+            raise InvalidInput("jws.payload.policy must be the policy.toml table")
+        if operators_data is not None and not isinstance(operators_data, dict):
+            raise InvalidInput("jws.payload.operators must be the operators.toml table or null")
+        operators = current.operators if operators_data is None else parse_operators(operators_data)
+        return checked(PolicyBundle(parse_policy(policy_data), operators))
+
+    def approve(self, proposal_id: str, token: object) -> dict[str, Any]:
+        """Record a security admin's vote; activate the bundle when the current governance quorum is met."""
+        now = self.app.now()
+
+        def vote(conn: Connection) -> dict[str, Any]:
+            active = self.active(conn)
+            who = auth.authenticate(token, active.bundle, typ=auth.TYP_POLICY_APPROVAL,
+                                    roles=frozenset(active.bundle.policy.governance.eligible_roles), now=now)
+            row = conn.execute(select(policy_bundles).where(policy_bundles.c.id == proposal_id)
+                               .with_for_update()).first()
+            if row is None:
+                raise NotFound(f"no policy proposal {proposal_id}")
+            if row.status != "proposed":
+                raise Conflict(f"proposal {proposal_id} is {row.status}")
+            payload = who.payload
+            if payload.get("proposal") != proposal_id or payload.get("hash") != row.hash:
+                raise PolicyViolation("the approval does not name this proposal and its bundle hash")
+            decision = payload.get("decision")
+            if decision not in ("approve", "reject"):
+                raise InvalidInput("decision must be approve or reject")
+            auth.consume_jti(conn, who, now)
+            done = conn.execute(select(policy_approvals.c.operator).where(
+                policy_approvals.c.bundle_id == proposal_id, policy_approvals.c.operator == who.operator.name)).first()
+            if done is not None:
+                raise Conflict(f"{who.operator.name} has already voted on this proposal")
+            conn.execute(insert(policy_approvals).values(bundle_id=proposal_id, operator=who.operator.name,
+                                                         decision=decision, iat=who.iat, jws=who.token,
+                                                         created_at=now))
+            self.audit.record(conn, actor=who.operator.name, action=f"policy.{decision}d", subject=row.hash,
+                              details={"proposal": proposal_id}, policy_hash=active.hash)
+            return self._maybe_activate(conn, active, row, now)
+
+        result = self.app.db.write(vote, "policy")
+        metrics.POLICY_CHANGES.labels(result["status"]).inc()
+        return result
+
+    def _maybe_activate(self, conn: Connection, active: ActiveBundle, row: Any, now: int) -> dict[str, Any]:
+        governance = active.bundle.policy.governance
+        eligible = {op.name for op in active.bundle.operators
+                    if op.enabled and op.roles & set(governance.eligible_roles)}
+        votes = conn.execute(select(policy_approvals.c.operator, policy_approvals.c.decision)
+                             .where(policy_approvals.c.bundle_id == row.id)).all()
+        approvers = {v.operator for v in votes if v.decision == "approve" and v.operator in eligible}
+        if any(v.decision == "reject" and v.operator in eligible for v in votes):
+            conn.execute(update(policy_bundles).where(policy_bundles.c.id == row.id).values(status="rejected"))
+            self.audit.record(conn, actor="appliance", action="policy.rejected", subject=row.hash,
+                              details={"proposal": row.id}, policy_hash=active.hash)
+            return {"id": row.id, "hash": row.hash, "status": "rejected", "approvals": sorted(approvers)}
+        if len(approvers) < governance.approvals:
+            return {"id": row.id, "hash": row.hash, "status": "proposed", "approvals": sorted(approvers),
+                    "needed": governance.approvals - len(approvers)}
+        seq = conn.execute(select(func.max(policy_bundles.c.activated_seq))).scalar_one() + 1
+        conn.execute(update(policy_bundles).where(policy_bundles.c.id == active.id).values(status="superseded"))
+        conn.execute(update(policy_bundles).where(policy_bundles.c.id == row.id).values(
+            status="active", activated_seq=seq, activated_at=now))
+        self.audit.record(conn, actor="appliance", action="policy.activated", subject=row.hash,
+                          details={"proposal": row.id, "previous": active.hash, "approvers": sorted(approvers)},
+                          policy_hash=row.hash)
+        return {"id": row.id, "hash": row.hash, "status": "active", "approvals": sorted(approvers)}
+
+
+def _governance_text(bundle: PolicyBundle) -> str:
+    g = bundle.policy.governance
+    return f"{g.approvals} approvals from {' or '.join(sorted(g.eligible_roles))} of the active bundle"

@@ -1,0 +1,66 @@
+"""Readiness checks and the scrape-time state gauges."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+
+from appliance.errors import ApplianceError
+from appliance.metrics import StateCollector, StateSnapshot
+from appliance.services.context import Appliance
+from appliance.store import audit_repo
+from appliance.store.tables import attestations, mint_requests, policy_bundles
+
+
+def _check(fn: Any) -> dict[str, Any]:
+    try:
+        fn()
+    except ApplianceError as exc:
+        return {"ok": False, "detail": exc.detail}
+    return {"ok": True}
+
+
+def readiness(app: Appliance) -> dict[str, dict[str, Any]]:
+    """HSM session and keys usable; the store accepts a write transaction (so signing would not fail closed)."""
+    from appliance.services import keys
+
+    return {"hsm": _check(lambda: keys.check(app)), "store": _check(app.db.ping)}
+
+
+def snapshot(app: Appliance) -> StateSnapshot:
+    hsm_up = _check(app.hsm.ping)["ok"]
+    store_up = _check(app.db.ping)["ok"]
+    audit_entries = checkpoint_size = pending = 0
+    last_time = ratio = None
+    under: bool | None = None
+    version, digest = "none", "none"
+    try:
+        with app.db.read() as conn:
+            audit_entries = audit_repo.head(conn).size
+            latest = audit_repo.latest_checkpoint(conn)
+            checkpoint_size = latest.size if latest else 0
+            pending = conn.execute(select(func.count()).select_from(mint_requests)
+                                   .where(mint_requests.c.status == "pending")).scalar_one()
+            row = conn.execute(select(attestations.c.issued_at, attestations.c.coverage_bps,
+                                      attestations.c.status).order_by(attestations.c.seq.desc()).limit(1)).first()
+            if row is not None:
+                last_time = float(row.issued_at)
+                ratio = None if row.coverage_bps is None else row.coverage_bps / 10000
+                under = row.status == "UNDER_BACKED"
+            bundle = conn.execute(select(policy_bundles.c.hash, policy_bundles.c.bundle)
+                                  .where(policy_bundles.c.status == "active")).first()
+            if bundle is not None:
+                digest = bundle.hash
+                version = str(json.loads(bundle.bundle).get("policy", {}).get("version", "unknown"))
+    except ApplianceError:
+        store_up = False
+    return StateSnapshot(hsm_up=hsm_up, store_up=store_up, audit_entries=audit_entries,
+                         checkpoint_size=checkpoint_size, pending_requests=int(pending),
+                         last_attestation_time=last_time, coverage_ratio=ratio, under_backed=under,
+                         policy_version=version, policy_hash=digest)
+
+
+def state_collector(app: Appliance) -> StateCollector:
+    return StateCollector(lambda: snapshot(app))

@@ -1,0 +1,218 @@
+"""The database port: engine set-up, durable transactions with bounded waits, and error wrapping.
+
+SQLite (the embedded default) runs in WAL mode with `synchronous=FULL`, foreign keys on, and write
+transactions that take the write lock up front (`BEGIN IMMEDIATE`) so that read-modify-write sequences such
+as an audit append are serialized. PostgreSQL (several instances) gets lock and statement timeouts, and
+write transactions are retried on serialization failures and deadlocks. Every driver error other than a
+constraint violation becomes `StorageUnavailable`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
+
+from appliance.errors import StorageUnavailable
+
+T = TypeVar("T")
+
+_RETRYABLE_PG = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
+class Database:
+    """One engine per process; `write()` for durable transactions, `read()` for consistent reads."""
+
+    def __init__(self, url: str, timeout_seconds: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout_seconds
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = self._create_engine()
+        #: called with the operation name when a write fails; metrics hook in here.
+        self.on_failure: Callable[[str], None] | None = None
+        self.max_batch = 64
+        self._cv = threading.Condition()
+        self._queue: list[_Pending[Any]] = []
+        self._leading = False
+
+    def _create_engine(self) -> Engine:
+        if self.is_sqlite:
+            engine = create_engine(
+                self.url,
+                connect_args={"timeout": self.timeout, "check_same_thread": False, "isolation_level": None},
+                poolclass=NullPool if ":memory:" not in self.url else None,
+            )
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                cursor.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: Connection) -> None:
+                immediate = conn.get_execution_options().get("immediate", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+            return engine
+        ms = int(self.timeout * 1000)
+        url = self.url.replace("postgresql://", "postgresql+psycopg://", 1) if self.url.startswith(
+            "postgresql://") else self.url
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=40,
+            pool_timeout=self.timeout,
+            connect_args={"connect_timeout": max(1, int(self.timeout)),
+                          "options": f"-c lock_timeout={ms} -c statement_timeout={ms}"},
+        )
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except sa_exc.IntegrityError:
+            raise
+        except sa_exc.SQLAlchemyError as exc:
+            raise StorageUnavailable(f"storage read failed: {_reason(exc)}") from exc
+
+    def write(self, fn: Callable[[Connection], T], operation: str = "write", attempts: int = 5) -> T:
+        """Run fn in a durable transaction (committed when this returns), retrying PostgreSQL conflicts.
+
+        Concurrent callers are group-committed: one of them leads, runs every waiting fn in one transaction
+        (each in its own savepoint, so one caller's error leaves the others intact) and commits once.
+        A caller whose fn has not started within the timeout gets StorageUnavailable and its fn never runs.
+        Exceptions of fn (IntegrityError, ApplianceError) reach only its own caller.
+        """
+        item = _Pending(fn, operation, time.monotonic() + self.timeout)
+        with self._cv:
+            self._queue.append(item)
+            while True:
+                if item.done:
+                    return item.outcome()
+                if not item.started and not self._leading:
+                    self._leading = True
+                    batch = [item] + [p for p in self._queue if p is not item][:self.max_batch - 1]
+                    for p in batch:
+                        p.started = True
+                        self._queue.remove(p)
+                    break
+                if not item.started:
+                    remaining = item.deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._queue.remove(item)
+                        self._failed(operation)
+                        raise StorageUnavailable(f"storage {operation} failed: timed out waiting for the store")
+                    self._cv.wait(remaining)
+                else:
+                    self._cv.wait()
+        try:
+            self._run(batch, attempts)
+        finally:
+            with self._cv:
+                self._leading = False
+                for p in batch:
+                    p.done = True
+                self._cv.notify_all()
+        return item.outcome()
+
+    def _run(self, batch: list[_Pending[Any]], attempts: int) -> None:
+        """Execute a batch in one transaction; every item ends with a result or an exception."""
+        deadline = time.monotonic() + self.timeout
+        for attempt in range(1, attempts + 1):
+            for p in batch:
+                p.result, p.error = None, None
+            try:
+                with self.engine.connect() as conn:
+                    conn = conn.execution_options(immediate=True)
+                    with conn.begin():
+                        if len(batch) == 1:
+                            batch[0].result = batch[0].fn(conn)
+                        else:
+                            for p in batch:
+                                _run_in_savepoint(conn, p)
+                return
+            except sa_exc.DBAPIError as exc:
+                if isinstance(exc, sa_exc.IntegrityError) and len(batch) == 1:
+                    batch[0].error = exc
+                    return
+                code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+                if code in _RETRYABLE_PG and attempt < attempts and time.monotonic() < deadline:
+                    time.sleep(0.005 * attempt)
+                    continue
+                self._fail_all(batch, exc)
+                return
+            except sa_exc.SQLAlchemyError as exc:
+                self._fail_all(batch, exc)
+                return
+            except Exception as exc:  # fn's own error (single item): it reaches its caller, nothing was written
+                batch[0].error = exc
+                return
+
+    def _fail_all(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+        for p in batch:
+            if p.error is None or isinstance(p.error, sa_exc.SQLAlchemyError) or p.result is not None:
+                self._failed(p.operation)
+                p.error = StorageUnavailable(f"storage {p.operation} failed: {_reason(exc)}")
+                p.error.__cause__ = exc
+            p.result = None
+
+    def _failed(self, operation: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(operation)
+
+    def ping(self) -> None:
+        """Raise StorageUnavailable unless a write transaction can be started right now."""
+        def probe(conn: Connection) -> None:
+            conn.exec_driver_sql("SELECT 1")
+        self.write(probe, "ping")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class _Pending(Generic[T]):
+    """One caller's transaction function waiting for (or inside) a group commit."""
+
+    def __init__(self, fn: Callable[[Connection], T], operation: str, deadline: float) -> None:
+        self.fn, self.operation, self.deadline = fn, operation, deadline
+        self.started = self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+
+def _run_in_savepoint(conn: Connection, p: _Pending[Any]) -> None:
+    """Run one caller's fn so that its failure rolls back only its own changes."""
+    try:
+        with conn.begin_nested():
+            p.result = p.fn(conn)
+    except sa_exc.IntegrityError as exc:
+        p.error = exc
+    except sa_exc.SQLAlchemyError:
+        raise  # the connection or the store failed: the whole batch fails
+    except Exception as exc:  # noqa: BLE001 - the caller's own error (e.g. a 409): it reaches that caller only
+        p.error = exc
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason without SQL text or parameters (they may hold operator data)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return text[:200]

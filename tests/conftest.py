@@ -1,0 +1,157 @@
+"""Shared fixtures: a real SoftHSM2 token per test session, fresh stores per test, SQLite and PostgreSQL.
+
+SoftHSM2 reads SOFTHSM2_CONF once per process (at C_Initialize) and does not see tokens created later, so
+every token this process uses is created here, before the first PKCS#11 call. The PIN below is a
+THROWAWAY TEST PIN for a software token that lives in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = Path(__file__).resolve().parent / "vectors"
+TEST_PIN = "throwaway-test-pin"  # clearly a test PIN for a temporary SoftHSM2 token
+TOKEN = "appliance-test"
+BAD_TOKEN = "appliance-bad-keys"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_DSN = os.environ.get("APPLIANCE_TEST_PG_DSN", "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Create the session's tokens before anything loads the PKCS#11 library."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="appliance-softhsm-"))
+    for label in (TOKEN, BAD_TOKEN):
+        subprocess.run([str(ROOT / "softhsm" / "create-token.sh"), str(home), label, "so-" + TEST_PIN, TEST_PIN],
+                       check=True, capture_output=True)
+    os.environ["SOFTHSM2_CONF"] = str(home / "softhsm2.conf")
+    config.stash[_HOME] = home
+
+
+_HOME = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def softhsm_home(request: pytest.FixtureRequest) -> Path:
+    return request.config.stash[_HOME]
+
+
+@pytest.fixture
+def vector() -> Any:
+    import json
+
+    def load(name: str) -> Any:
+        return json.loads((VECTORS / name).read_text())
+
+    return load
+
+
+# -- databases ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> str:
+    if not PG_DSN:
+        if IN_CI:
+            pytest.fail("APPLIANCE_TEST_PG_DSN is not set; PostgreSQL tests must run under CI=true")
+        pytest.skip("APPLIANCE_TEST_PG_DSN is not set")
+    return PG_DSN
+
+
+@pytest.fixture
+def pg_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = "appliance_t_" + uuid.uuid4().hex[:12]
+    try:
+        admin = psycopg.connect(pg_admin_dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at {pg_admin_dsn} is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = pg_admin_dsn.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each repository test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+# -- a whole appliance around the session token ------------------------------------------------------------
+
+@dataclass
+class Env:
+    """A written environment: config, dev operators' keys, allowlisted addresses."""
+
+    directory: Path
+    config: Path
+    summary: dict[str, Any]
+
+    def key(self, name: str) -> Path:
+        return self.directory / "operators" / f"{name}.pem"
+
+    @property
+    def allowlist(self) -> list[str]:
+        return list(self.summary["allowlist"])
+
+
+def write_env(directory: Path, storage_url: str | None = None, token: str = TOKEN) -> Env:
+    from appliance.devenv import write_environment
+
+    env = write_environment(directory, token, Path(os.environ["SOFTHSM2_CONF"]), TEST_PIN,
+                            storage_url=storage_url or "sqlite:///appliance.db")
+    return Env(directory, env.config, env.summary())
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    """A fresh, initialized environment on SQLite (keys are shared through the session token)."""
+    from appliance import config
+    from appliance.services import setup
+
+    e = write_env(tmp_path / "env")
+    setup.init(config.load(e.config))
+    return e
+
+
+@pytest.fixture
+def pg_env(tmp_path: Path, pg_url: str) -> Env:
+    from appliance import config
+    from appliance.services import setup
+
+    e = write_env(tmp_path / "env", storage_url=pg_url)
+    setup.init(config.load(e.config))
+    return e
+
+
+@pytest.fixture
+def h(env: Env) -> Any:
+    """An appliance (Flask app + controllable clock) around a fresh SQLite environment."""
+    from tests.helpers import harness
+
+    return harness(env.directory, env.summary)
+
+
+@pytest.fixture
+def pg_h(pg_env: Env) -> Any:
+    from tests.helpers import harness
+
+    return harness(pg_env.directory, pg_env.summary)

@@ -1,0 +1,171 @@
+"""End to end as a user runs it: dev-init, `appliance serve` (gunicorn, 2 workers), the CLI over HTTP.
+
+Each subprocess is a fresh process with its own SoftHSM2 token directory from dev-init.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*APPLIANCE, *args], capture_output=True, text=True, env=env or os.environ.copy(),
+                            timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"appliance {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    url: str
+    dev: dict[str, Any]
+    directory: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "APPLIANCE_URL": self.url}
+        env.pop("SOFTHSM2_CONF", None)  # the config names its own token directory
+        return run(*args, env=env, check=check)
+
+    def key(self, name: str) -> str:
+        return next(op["key"] for op in self.dev["operators"] if op["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    directory = tmp_path_factory.mktemp("e2e") / "dev"
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    dev = json.loads(run("dev-init", str(directory), "--json", env=env).stdout)
+    port = free_port()
+    log = open(directory / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([*APPLIANCE, "--config", dev["config"], "serve", "--listen", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:  # noqa: S310
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError("the service did not become ready:\n" + (directory / "serve.log").read_text())
+        time.sleep(0.2)
+    yield Service(url, dev, directory)
+    proc.terminate()
+    proc.wait(15)
+    log.close()
+
+
+def test_dev_init_summary_has_the_documented_shape(service: Service) -> None:
+    dev = service.dev
+    assert set(dev) == {"config", "softhsm2_conf", "token", "user_pin", "chain_id", "verifying_contract",
+                        "allowlist", "operators"}
+    assert Path(dev["config"]).is_absolute() and Path(dev["config"]).exists()
+    roles = {op["name"]: op["roles"] for op in dev["operators"]}
+    assert roles == {"alice": ["treasury"], "bob": ["treasury"], "carol": ["treasury"], "dave": ["cfo"],
+                     "erin": ["security-admin"], "frank": ["security-admin"], "grace": ["auditor"]}
+    assert all(Path(op["key"]).exists() for op in dev["operators"])
+
+
+def test_a_mint_through_the_cli_verifies_with_eth_account(service: Service) -> None:
+    to = service.dev["allowlist"][0]
+    req = json.loads(service.cli("mint", "request", "--operator", "alice", "--key", service.key("alice"),
+                                 "--to", to, "--amount", "250000000000", "--json").stdout)
+    assert req["status"] == "pending" and req["digest"].startswith("0x")
+    shown = service.cli("mint", "approve", req["id"], "--operator", "bob", "--key", service.key("bob"), "--yes")
+    assert "250,000.000000 HKDS" in shown.stdout and req["digest"] in shown.stdout
+    service.cli("mint", "approve", req["id"], "--operator", "carol", "--key", service.key("carol"), "--json")
+    final = json.loads(service.cli("mint", "show", req["id"], "--json").stdout)
+    assert final["status"] == "authorized"
+    authz = final["authorization"]
+    assert Account.recover_message(encode_typed_data(full_message=authz["typedData"]),
+                                   signature=authz["signature"]) == authz["signer"]
+    jwks = json.loads(service.cli("keys", "export").stdout)
+    assert authz["signer"] in [k.get("address") for k in jwks["keys"]]
+    listing = json.loads(service.cli("mint", "list", "--status", "authorized", "--json").stdout)
+    assert req["id"] in [i["id"] for i in listing["items"]]
+
+
+def test_a_refused_request_prints_the_reason_and_exits_non_zero(service: Service) -> None:
+    to = service.dev["allowlist"][0]
+    out = service.cli("mint", "request", "--operator", "alice", "--key", service.key("alice"), "--to", to,
+                      "--amount", "1e18", check=False)
+    assert out.returncode != 0
+    assert "amount" in out.stderr and "Traceback" not in out.stderr
+    out = service.cli("mint", "request", "--operator", "bob", "--key", service.key("alice"), "--to", to,
+                      "--amount", "1", check=False)
+    assert out.returncode != 0 and "not the key enrolled for bob" in out.stderr
+
+
+def test_audit_verify_then_a_hand_edited_database_fails(service: Service) -> None:
+    state = service.directory / "audit-state.json"
+    first = service.cli("audit", "verify", "--state", str(state))
+    assert "OK:" in first.stdout
+    import sqlite3
+
+    with sqlite3.connect(service.directory / "appliance.db") as conn:
+        conn.execute("UPDATE audit_entries SET entry = replace(entry, 'alice', 'mallory') "
+                     "WHERE idx = (SELECT min(idx) FROM audit_entries WHERE action = 'mint.requested')")
+        index = conn.execute("SELECT min(idx) FROM audit_entries WHERE action = 'mint.requested'").fetchone()[0]
+    out = service.cli("audit", "verify", "--state", str(state), check=False)
+    assert out.returncode == 1
+    assert f"at entry {index}" in out.stderr
+
+
+def test_metrics_show_the_activity_across_workers(service: Service) -> None:
+    with urllib.request.urlopen(service.url + "/metrics", timeout=5) as r:  # noqa: S310
+        text = r.read().decode()
+    assert 'appliance_mint_authorizations_total{outcome="signed"}' in text
+    assert "appliance_hsm_up 1.0" in text
+
+
+def test_config_errors_are_clear_and_non_zero(tmp_path: Path) -> None:
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text('[hsm]\ntoken_label = ""\n')
+    out = run("--config", str(cfg), "check", check=False)
+    assert out.returncode != 0
+    assert "appliance.toml: hsm.token_label" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_wrong_pin_missing_token_and_missing_key_are_clear(service: Service, tmp_path: Path) -> None:
+    base = Path(service.dev["config"]).read_text()
+    cases = {
+        "wrong-pin": (base.replace('pin_file = "hsm-pin"', 'pin_file = "wrong-pin"'), "PIN"),
+        "no-token": (base.replace('token_label = "appliance-dev"', 'token_label = "no-such-token"'), "no token"),
+        "no-key": (base.replace('mint = "mint-secp256k1"', 'mint = "no-such-key"'), "no-such-key"),
+    }
+    (service.directory / "wrong-pin").write_text("0000\n")
+    for name, (text, expected) in cases.items():
+        cfg = service.directory / f"{name}.toml"
+        cfg.write_text(text)
+        out = run("--config", str(cfg), "check", check=False)
+        assert out.returncode != 0, name
+        assert expected in out.stderr, (name, out.stderr)
+        assert "Traceback" not in out.stderr, name
+        serve = run("--config", str(cfg), "serve", "--listen", f"127.0.0.1:{free_port()}", check=False)
+        assert serve.returncode != 0 and "refusing to serve" in serve.stderr, name

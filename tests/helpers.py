@@ -1,0 +1,98 @@
+"""Test helpers: an appliance around the session token, Flask clients, officers who sign locally."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+
+from appliance import config
+from appliance.api import create_app
+from appliance.domain import jose
+from appliance.operator import load_key
+from appliance.services import auth, context
+from appliance.services.context import Appliance
+from appliance.signing import SoftwareSigner
+
+
+class Clock:
+    """A controllable clock for the appliance (time is a parameter)."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Harness:
+    app_ctx: Appliance
+    flask: Flask
+    clock: Clock
+    directory: Path
+    summary: dict[str, Any]
+    signers: dict[str, SoftwareSigner] = field(default_factory=dict)
+
+    @property
+    def client(self) -> FlaskClient:
+        return self.flask.test_client()
+
+    def signer(self, name: str) -> SoftwareSigner:
+        if name not in self.signers:
+            self.signers[name] = load_key(self.directory / "operators" / f"{name}.pem")
+        return self.signers[name]
+
+    def jws(self, name: str, typ: str, payload: dict[str, Any], iat: int | None = None,
+            jti: str | None = None, header: dict[str, Any] | None = None) -> str:
+        signer = self.signer(name)
+        body = {**payload, "iat": int(self.clock()) if iat is None else iat,
+                "jti": jti or secrets.token_urlsafe(24)}
+        head = {"alg": signer.alg, "kid": signer.key_id, "typ": typ, **(header or {})}
+        return jose.sign_compact(head, json.dumps(body).encode(), signer.sign)
+
+    # -- mint flow ------------------------------------------------------------------------------------------
+
+    @property
+    def allowlist(self) -> list[str]:
+        return list(self.summary["allowlist"])
+
+    @property
+    def chain_id(self) -> int:
+        return int(self.summary["chain_id"])
+
+    def request(self, name: str = "alice", amount: str = "250000000000", to: str | None = None,
+                chain_id: int | None = None, **extra: Any) -> Any:
+        payload = {"to": to or self.allowlist[0], "amount": amount,
+                   "chain_id": self.chain_id if chain_id is None else chain_id, **extra}
+        return self.client.post("/v1/mint-requests", json={"jws": self.jws(name, auth.TYP_MINT_REQUEST, payload)})
+
+    def approval(self, name: str, req: dict[str, Any], decision: str = "approve", **override: Any) -> str:
+        payload = {"request_id": req["id"], "digest": req["digest"], "decision": decision,
+                   "policy": req["policy"], **override}
+        return self.jws(name, auth.TYP_MINT_APPROVAL, payload)
+
+    def approve(self, name: str, req: dict[str, Any], decision: str = "approve", **override: Any) -> Any:
+        return self.client.post(f"/v1/mint-requests/{req['id']}/approvals",
+                                json={"jws": self.approval(name, req, decision, **override)})
+
+
+def harness(directory: Path, summary: dict[str, Any], clock: Clock | None = None) -> Harness:
+    clock = clock or Clock()
+    settings = config.load(directory / "appliance.toml")
+    app_ctx = context.build(settings, clock=clock)
+    return Harness(app_ctx, create_app(app_ctx), clock, directory, summary)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -1,0 +1,296 @@
+"""The audit log as a transparency log: tampering is detected, signing fails closed, metrics are valid."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.domain import checkpoint as notes
+from appliance.domain import merkle
+from appliance.domain.canonical import canonical_json
+from appliance.errors import VerificationFailed
+from appliance.verify import verify_log
+from tests.conftest import ROOT
+from tests.helpers import Harness, metric
+
+
+class FlaskSource:
+    """The auditor's view of the service, through the Flask test client instead of HTTP."""
+
+    def __init__(self, h: Harness) -> None:
+        self.c = h.client
+
+    def verifier_key(self) -> str:
+        return self.c.get("/v1/audit/verifier-key").get_data(as_text=True).strip()
+
+    def checkpoint(self) -> str:
+        return self.c.get("/v1/audit/checkpoint").get_data(as_text=True)
+
+    def audit_entries(self, start: int, end: int) -> list[dict[str, Any]]:
+        return self.c.get(f"/v1/audit/entries?start={start}&end={end}").get_json()["entries"]  # type: ignore[no-any-return]
+
+    def consistency(self, old: int, new: int) -> dict[str, Any]:
+        return self.c.get(f"/v1/audit/proof/consistency?old={old}&new={new}").get_json()  # type: ignore[no-any-return]
+
+
+def activity(h: Harness, mints: int = 2) -> None:
+    """Some audited activity: requests, approvals, authorizations, then a signed checkpoint."""
+    from appliance.services.audit import AuditLog
+
+    for _ in range(mints):
+        req = h.request().get_json()
+        h.approve("bob", req)
+        h.approve("carol", req)
+    AuditLog(h.app_ctx).checkpoint()
+
+
+def db(h: Harness) -> sqlite3.Connection:
+    url = h.app_ctx.settings.storage_url
+    return sqlite3.connect(url[len("sqlite:///"):])
+
+
+def verified_state(h: Harness) -> dict[str, Any]:
+    activity(h)
+    state, _ = verify_log(FlaskSource(h), {})
+    return state
+
+
+def test_checkpoint_is_a_signed_note_over_the_entries(h: Harness) -> None:
+    activity(h)
+    note = h.client.get("/v1/audit/checkpoint")
+    assert note.mimetype == "text/plain"
+    key = notes.parse_verifier_key(h.client.get("/v1/audit/verifier-key").get_data(as_text=True))
+    cp = notes.open_checkpoint(note.get_data(as_text=True), [key])
+    assert cp.origin == h.app_ctx.settings.audit_origin
+    entries = h.client.get(f"/v1/audit/entries?start=0&end={cp.size}").get_json()["entries"]
+    assert merkle.root([merkle.leaf_hash(canonical_json(e)) for e in entries]) == cp.root
+    actions = [e["action"] for e in entries]
+    assert "mint.authorization.reserved" in actions
+    assert actions.index("mint.authorization.reserved") < actions.index("mint.authorization.signed")
+
+
+def test_inclusion_and_consistency_proofs_verify(h: Harness) -> None:
+    activity(h)
+    size = int(h.client.get("/v1/audit/checkpoint").get_data(as_text=True).split("\n")[1])
+    entries = h.client.get(f"/v1/audit/entries?start=0&end={size}").get_json()["entries"]
+    for index in range(size):
+        p = h.client.get(f"/v1/audit/proof/inclusion?index={index}&size={size}").get_json()
+        merkle.verify_inclusion(merkle.leaf_hash(canonical_json(entries[index])), index, size,
+                                [base64.b64decode(x) for x in p["proof"]], base64.b64decode(p["root"]))
+    for old in range(1, size + 1):
+        p = h.client.get(f"/v1/audit/proof/consistency?old={old}&new={size}").get_json()
+        merkle.verify_consistency(old, size, base64.b64decode(p["old_root"]), base64.b64decode(p["new_root"]),
+                                  [base64.b64decode(x) for x in p["proof"]])
+
+
+def test_bad_proof_queries_get_4xx(h: Harness) -> None:
+    c = h.client
+    assert c.get("/v1/audit/proof/inclusion?index=5&size=2").status_code == 400
+    assert c.get("/v1/audit/proof/inclusion?index=0&size=99999").status_code == 404
+    assert c.get("/v1/audit/proof/consistency?old=3&new=1").status_code == 400
+    assert c.get("/v1/audit/proof/inclusion?index=-1&size=2").status_code == 400
+    assert c.get("/v1/audit/proof/inclusion?index=x&size=2").status_code == 400
+    assert c.get("/v1/audit/entries?start=0&end=100000").status_code == 400
+
+
+def test_a_clean_log_verifies_and_stays_consistent(h: Harness) -> None:
+    state = verified_state(h)
+    activity(h, 1)
+    new_state, remarks = verify_log(FlaskSource(h), state)
+    assert new_state["size"] > state["size"]
+    assert any("consistent" in r for r in remarks)
+
+
+def _expect_divergence(h: Harness, state: dict[str, Any], index: int) -> None:
+    with pytest.raises(VerificationFailed, match=f"at entry {index}"):
+        verify_log(FlaskSource(h), state)
+
+
+def test_edited_entry_is_detected_at_its_index(h: Harness) -> None:
+    state = verified_state(h)
+    with db(h) as conn:
+        conn.execute("UPDATE audit_entries SET entry = replace(entry, '250000000000', '950000000000') "
+                     "WHERE action = 'mint.requested' AND idx = (SELECT min(idx) FROM audit_entries "
+                     "WHERE action = 'mint.requested')")
+        index = conn.execute("SELECT min(idx) FROM audit_entries WHERE action = 'mint.requested'").fetchone()[0]
+    _expect_divergence(h, state, index)
+
+
+def test_deleted_entry_is_detected(h: Harness) -> None:
+    state = verified_state(h)
+    with db(h) as conn:
+        conn.execute("DELETE FROM audit_entries WHERE idx = 3")
+    _expect_divergence(h, state, 3)
+
+
+def test_swapped_entries_are_detected(h: Harness) -> None:
+    state = verified_state(h)
+    with db(h) as conn:
+        a = conn.execute("SELECT entry FROM audit_entries WHERE idx = 4").fetchone()[0]
+        b = conn.execute("SELECT entry FROM audit_entries WHERE idx = 6").fetchone()[0]
+        conn.execute("UPDATE audit_entries SET entry = ? WHERE idx = 4", (b,))
+        conn.execute("UPDATE audit_entries SET entry = ? WHERE idx = 6", (a,))
+    _expect_divergence(h, state, 4)
+
+
+def test_truncated_and_reappended_log_is_detected(h: Harness) -> None:
+    from appliance.domain.merkle import CompactRange
+
+    state = verified_state(h)
+    keep = state["size"] - 3
+    with db(h) as conn:  # an insider with the database rolls the log back and rebuilds the head
+        conn.execute("DELETE FROM audit_entries WHERE idx >= ?", (keep,))
+        conn.execute("DELETE FROM audit_checkpoints")
+        leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf_hash FROM audit_entries ORDER BY idx")]
+        compact = CompactRange.empty()
+        for leaf in leaves:
+            compact = compact.append(leaf)
+        conn.execute("UPDATE audit_head SET size = ?, compact = ?, root = ?",
+                     (compact.size, compact.encode(), compact.root()))
+    activity(h, 2)  # different entries appended; the appliance signs checkpoints over the new log
+    _expect_divergence(h, state, keep)
+
+
+def test_a_whole_different_but_consistent_log_is_detected(h: Harness, tmp_path: Path) -> None:
+    state = verified_state(h)
+    state_without_leaves = {k: v for k, v in state.items() if k != "leaves"}
+    with db(h) as conn:  # replace every entry with a fabricated history and rebuild the head
+        conn.execute("DELETE FROM audit_entries")
+        conn.execute("DELETE FROM audit_checkpoints")
+        conn.execute("UPDATE audit_head SET size = 0, compact = '0:', root = ?", (merkle.EMPTY_ROOT,))
+    from appliance.services.audit import AuditLog
+
+    log = AuditLog(h.app_ctx)
+    for i in range(state["size"] + 2):
+        log.record_standalone(actor="forger", action="fabricated", subject=str(i), details={}, policy_hash=None)
+    log.checkpoint()
+    fresh, _ = verify_log(FlaskSource(h), {})  # the forged log is self-consistent
+    assert fresh["size"] == state["size"] + 2
+    _expect_divergence(h, state, 0)
+    with pytest.raises(VerificationFailed, match="consistency"):  # an auditor who kept only the checkpoint
+        verify_log(FlaskSource(h), state_without_leaves)
+
+
+def test_a_checkpoint_signed_by_another_key_is_refused(h: Harness) -> None:
+    state = verified_state(h)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    other = ed25519.Ed25519PrivateKey.generate()
+    from cryptography.hazmat.primitives import serialization
+
+    pub = other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    with pytest.raises(VerificationFailed):
+        verify_log(FlaskSource(h), state, key=notes.verifier_key(h.app_ctx.settings.audit_origin, pub))
+
+
+# -- fail closed ---------------------------------------------------------------------------------------------------
+
+def hold_write_lock(h: Harness) -> tuple[threading.Event, threading.Thread]:
+    """Another process's transaction holding the SQLite write lock (a stuck writer, a backup, an attacker)."""
+    release, held = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        conn = db(h)
+        conn.isolation_level = None
+        conn.execute("BEGIN EXCLUSIVE")
+        held.set()
+        release.wait(60)
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    return release, thread
+
+
+def test_unwritable_audit_store_signs_nothing(h: Harness) -> None:
+    h.app_ctx.db.timeout = 0.05  # the configured bound on any wait for the store (default 5 s)
+    requests = []
+    for _ in range(100):
+        req = h.request().get_json()
+        assert h.approve("bob", req).status_code == 201
+        requests.append(req)
+    final = [h.approval("carol", r) for r in requests]
+    before_sig = metric("appliance_signatures_total", key="mint", outcome="ok")
+    before_fail = metric("appliance_audit_write_failures_total", operation="mint-approval")
+    release, thread = hold_write_lock(h)
+    try:
+        statuses, slowest = [], 0.0
+        for req, jws in zip(requests, final, strict=True):
+            started = time.perf_counter()
+            response = h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": jws})
+            slowest = max(slowest, time.perf_counter() - started)
+            statuses.append(response.status_code)
+            assert response.mimetype == "application/problem+json"
+        assert h.client.get("/readyz").status_code == 503
+    finally:
+        release.set()
+        thread.join()
+    assert statuses == [503] * 100
+    assert slowest < 2.0
+    assert metric("appliance_signatures_total", key="mint", outcome="ok") == before_sig
+    assert metric("appliance_audit_write_failures_total", operation="mint-approval") - before_fail == 100
+    # once the store is writable again, the same approvals go through and sign exactly once each
+    assert h.client.post(f"/v1/mint-requests/{requests[0]['id']}/approvals",
+                         json={"jws": final[0]}).get_json()["status"] == "authorized"
+
+
+def test_reservation_is_durable_before_the_hsm_signs(h: Harness) -> None:
+    """The audit entry of the reservation exists, committed, in another connection before signing."""
+    req = h.request().get_json()
+    h.approve("bob", req)
+    seen: list[list[str]] = []
+    signer = h.app_ctx.mint_signer
+    original = signer.sign_eth_digest
+
+    def observing(digest: bytes) -> bytes:
+        with db(h) as conn:  # a separate connection sees only committed data
+            seen.append([r[0] for r in conn.execute("SELECT action FROM audit_entries ORDER BY idx")])
+            assert conn.execute("SELECT count(*) FROM mint_authorizations WHERE request_id = ?",
+                                (req["id"],)).fetchone()[0] == 1
+        return original(digest)
+
+    signer.sign_eth_digest = observing  # type: ignore[method-assign]
+    try:
+        assert h.approve("carol", req).get_json()["status"] == "authorized"
+    finally:
+        signer.sign_eth_digest = original  # type: ignore[method-assign]
+    assert seen and seen[0][-1] == "mint.authorization.reserved"
+
+
+# -- metrics --------------------------------------------------------------------------------------------------------
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is missing: `make test` installs Debian's prometheus package")
+    return path
+
+
+def test_metrics_pass_promtool_and_show_activity(h: Harness) -> None:
+    activity(h, 1)
+    response = h.client.get("/metrics")
+    text = response.get_data(as_text=True)
+    result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("appliance_mint_authorizations_total", "appliance_signatures_total", "appliance_hsm_up",
+                 "appliance_audit_entries", "appliance_audit_checkpoint_size", "appliance_policy_info",
+                 "appliance_http_requests_total", "appliance_hsm_operation_seconds_bucket",
+                 "appliance_mint_requests_pending"):
+        assert name in text, name
+    assert 'route="/v1/mint-requests/<request_id>/approvals"' in text  # bounded: the rule, never the id
+
+
+def test_alert_rules_pass_promtool() -> None:
+    rules = ROOT / "firmware-config" / "prometheus" / "alerts.yml"
+    result = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

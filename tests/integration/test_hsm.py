@@ -1,0 +1,185 @@
+"""The HSM adapter against real SoftHSM2: key attributes, refusal of unfit keys, concurrency, openssl."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pkcs11
+import pytest
+from cryptography.hazmat.primitives import serialization
+from pkcs11 import Attribute, KeyType, Mechanism
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from appliance.domain import eip712, jose
+from appliance.errors import ConfigError
+from appliance.hsm import Curve, Hsm, KeySpec, check_keys
+from appliance.signing import HsmSigner, public_key_from_point
+from tests.conftest import BAD_TOKEN, TEST_PIN, TOKEN
+
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+@pytest.fixture(scope="module")
+def hsm() -> Hsm:
+    return Hsm(MODULE, TOKEN, lambda: TEST_PIN)
+
+
+def fresh(hsm: Hsm, curve: Curve) -> KeySpec:
+    spec = KeySpec(f"t-{curve.name.lower()}-{uuid.uuid4().hex[:8]}", curve)
+    hsm.generate(spec)
+    return spec
+
+
+@pytest.mark.parametrize("curve", list(Curve))
+def test_generated_keys_are_sensitive_non_extractable_and_sign_only(hsm: Hsm, curve: Curve) -> None:
+    spec = fresh(hsm, curve)
+    attrs = hsm.attributes(spec.label)
+    assert attrs.token and attrs.private and attrs.sensitive and attrs.sign
+    assert not attrs.extractable and attrs.never_extractable and attrs.always_sensitive
+    assert not attrs.derive and not attrs.decrypt and not attrs.unwrap
+    assert attrs.problems() == []
+    check_keys(hsm, [spec])
+
+
+def _unfit_key(label: str, **private: bool) -> None:
+    """Create a key the appliance must refuse, directly through python-pkcs11 (not the adapter)."""
+    lib = pkcs11.lib(MODULE)
+    token = lib.get_token(token_label=BAD_TOKEN)
+    try:
+        session = token.open(user_pin=TEST_PIN, rw=True)
+    except pkcs11.exceptions.UserAlreadyLoggedIn:  # login is per process and token
+        session = token.open(rw=True)
+    with session:
+        params = session.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+        template = {Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SIGN: True,
+                    Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.DERIVE: False}
+        template.update({getattr(Attribute, k.upper()): v for k, v in private.items()})
+        params.generate_keypair(store=True, label=label, mechanism=Mechanism.EC_KEY_PAIR_GEN,
+                                private_template=template)
+
+
+@pytest.mark.parametrize(("unfit", "message"), [
+    ({"extractable": True, "sensitive": False}, "is CKA_EXTRACTABLE"),
+    ({"derive": True}, "allows derive"),
+])
+def test_unfit_keys_are_refused(unfit: dict[str, bool], message: str) -> None:
+    label = f"unfit-{uuid.uuid4().hex[:8]}"
+    _unfit_key(label, **unfit)
+    bad = Hsm(MODULE, BAD_TOKEN, lambda: TEST_PIN)
+    with pytest.raises(ConfigError) as caught:
+        check_keys(bad, [KeySpec(label, Curve.P256)])
+    assert message in str(caught.value)
+
+
+def test_missing_key_is_refused(hsm: Hsm) -> None:
+    with pytest.raises(ConfigError, match="missing from the token"):
+        check_keys(hsm, [KeySpec("no-such-key", Curve.P256)])
+
+
+def test_eight_threads_sign_concurrently_without_errors(hsm: Hsm) -> None:
+    signer = HsmSigner(hsm, fresh(hsm, Curve.P256))
+    signer.public_jwk()
+    errors: list[BaseException] = []
+    signatures: list[tuple[bytes, bytes]] = []
+    lock = threading.Lock()
+
+    def work(worker: int) -> None:
+        for i in range(500):
+            message = f"{worker}:{i}".encode()
+            try:
+                sig = signer.sign(message)
+            except BaseException as exc:  # noqa: BLE001 - the test counts every failure
+                errors.append(exc)
+                continue
+            with lock:
+                signatures.append((message, sig))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(signatures) == 4000
+    jwk = signer.public_jwk()
+    for message, sig in signatures:  # independently of the adapter's own check
+        jose.verify_raw(jwk, "ES256", message, sig)
+
+
+def test_p256_signature_verifies_with_openssl(hsm: Hsm, tmp_path: Path) -> None:
+    spec = fresh(hsm, Curve.P256)
+    signer = HsmSigner(hsm, spec)
+    message = b"reserve attestation test message"
+    raw = signer.sign(message)
+    (tmp_path / "pub.pem").write_bytes(public_key_from_point(spec.curve, signer.point).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "msg").write_bytes(message)
+    (tmp_path / "sig.der").write_bytes(jose.raw_to_der(raw, 32))
+    result = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "pub.pem"), "-signature",
+                             str(tmp_path / "sig.der"), str(tmp_path / "msg")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Verified OK" in result.stdout
+    (tmp_path / "msg").write_bytes(message + b"!")
+    tampered = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "pub.pem"), "-signature",
+                               str(tmp_path / "sig.der"), str(tmp_path / "msg")], capture_output=True, text=True)
+    assert tampered.returncode != 0
+
+
+def test_ed25519_signature_verifies_with_openssl(hsm: Hsm, tmp_path: Path) -> None:
+    spec = fresh(hsm, Curve.ED25519)
+    signer = HsmSigner(hsm, spec)
+    message = b"checkpoint body\n"
+    (tmp_path / "pub.pem").write_bytes(public_key_from_point(spec.curve, signer.point).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "msg").write_bytes(message)
+    (tmp_path / "sig").write_bytes(signer.sign(message))
+    result = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub.pem"),
+                             "-rawin", "-in", str(tmp_path / "msg"), "-sigfile", str(tmp_path / "sig")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_secp256k1_signatures_are_low_s_and_recover_to_the_key(hsm: Hsm) -> None:
+    from eth_account import Account
+
+    signer = HsmSigner(hsm, fresh(hsm, Curve.SECP256K1))
+    raw_high = 0
+    for i in range(40):
+        digest = hashlib.sha256(f"mint {i}".encode()).digest()
+        raw = hsm.sign(signer.spec, digest)
+        raw_high += int.from_bytes(raw[32:], "big") > eip712.SECP256K1_N // 2
+        sig = signer.sign_eth_digest(digest)
+        s = int.from_bytes(sig[32:64], "big")
+        assert s <= eip712.SECP256K1_N // 2
+        assert sig[64] in (27, 28)
+        assert Account._recover_hash(digest, signature=sig) == signer.address
+    assert raw_high > 0  # SoftHSM really does return high-s signatures, which the signer normalised
+
+
+def test_lost_session_is_reopened(hsm: Hsm) -> None:
+    signer = HsmSigner(hsm, fresh(hsm, Curve.ED25519))
+    signer.sign(b"before")
+    hsm._session.close()  # simulate the HSM dropping our session
+    assert len(signer.sign(b"after")) == 64
+
+
+def test_wrong_token_label_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no token labelled"):
+        Hsm(MODULE, "no-such-token", lambda: TEST_PIN).ping()
+
+
+def test_wrong_pin_is_a_clear_error_in_a_fresh_process() -> None:
+    code = ("from appliance.hsm import Hsm\n"
+            "from appliance.errors import ConfigError\n"
+            "try:\n"
+            f"    Hsm({MODULE!r}, {TOKEN!r}, lambda: 'wrong-pin').ping()\n"
+            "except ConfigError as e:\n"
+            "    print('ConfigError:', e)\n")
+    out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert "ConfigError: the PIN for token" in out.stdout, out.stderr

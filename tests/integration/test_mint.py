@@ -1,0 +1,345 @@
+"""The mint flow end to end over HTTP (Flask test client), real SoftHSM2 and SQLite: and every attack."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+from appliance.domain import eip712
+from appliance.services import auth
+from tests.helpers import Harness, metric
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def created(h: Harness, **kw: Any) -> dict[str, Any]:
+    response = h.request(**kw)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def mint_signatures() -> float:
+    return metric("appliance_signatures_total", key="mint", outcome="ok")
+
+
+def test_request_two_approvals_then_an_authorization_eth_account_verifies(h: Harness) -> None:
+    req = created(h)
+    assert req["status"] == "pending" and req["approvals"] == []
+    assert req["required"]["approvals"] == 2
+    assert h.approve("bob", req).status_code == 201
+    assert h.client.get(f"/v1/mint-requests/{req['id']}/authorization").status_code == 409
+    done = h.approve("carol", req).get_json()
+    assert done["status"] == "authorized"
+    authz = h.client.get(f"/v1/mint-requests/{req['id']}/authorization").get_json()
+    assert set(authz) == {"typedData", "digest", "signature", "signer"}
+    # eth-account, written by nobody on this team, recomputes the digest and recovers the signer
+    signable = encode_typed_data(full_message=authz["typedData"])
+    assert Account.recover_message(signable, signature=authz["signature"]) == authz["signer"]
+    jwks = h.client.get("/.well-known/jwks.json").get_json()
+    mint_key = next(k for k in jwks["keys"] if k["crv"] == "secp256k1")
+    assert authz["signer"] == mint_key["address"]
+    sig = bytes.fromhex(authz["signature"][2:])
+    assert len(sig) == 65 and sig[64] in (27, 28)
+    assert int.from_bytes(sig[32:64], "big") <= SECP256K1_N // 2
+    assert authz["typedData"]["message"]["to"] == req["to"]
+    assert authz["typedData"]["message"]["amount"] == req["amount"]
+
+
+def test_asking_again_returns_the_stored_signature_without_an_hsm_call(h: Harness) -> None:
+    req = created(h)
+    h.approve("bob", req)
+    h.approve("carol", req)
+    before = mint_signatures()
+    first = h.client.get(f"/v1/mint-requests/{req['id']}/authorization").get_json()
+    second = h.client.get(f"/v1/mint-requests/{req['id']}/authorization").get_json()
+    assert first == second
+    assert mint_signatures() == before
+
+
+def test_large_mint_needs_three_including_a_cfo(h: Harness) -> None:
+    req = created(h, amount=str(1_000_000 * 10**6 + 1))
+    assert req["required"]["approvals"] == 3
+    for name in ("bob", "carol"):
+        assert h.approve(name, req).status_code == 201
+    h.signers.clear()
+    # three treasury officers without a cfo are not enough: alice is the requester, so use the cfo
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["status"] == "pending"
+    assert h.approve("dave", req).get_json()["status"] == "authorized"
+
+
+def test_three_treasury_without_cfo_is_not_enough(h: Harness) -> None:
+    req = created(h, name="dave", amount=str(2_000_000 * 10**6))
+    for name in ("alice", "bob", "carol"):
+        assert h.approve(name, req).status_code == 201
+    state = h.client.get(f"/v1/mint-requests/{req['id']}").get_json()
+    assert state["status"] == "pending" and state["authorization"] is None
+    assert any("cfo" in line for line in state["quorum"]["missing"])
+
+
+# -- attacks -------------------------------------------------------------------------------------------------
+
+def test_requester_cannot_approve_own_request(h: Harness) -> None:
+    req = created(h)
+    response = h.approve("alice", req)
+    assert response.status_code == 403
+    assert response.mimetype == "application/problem+json"
+
+
+def test_approval_over_a_different_digest_is_refused(h: Harness) -> None:
+    req = created(h)
+    other = created(h, amount="999")
+    response = h.approve("bob", req, digest=other["digest"])
+    assert response.status_code == 422
+    assert "digest" in response.get_json()["detail"]
+
+
+def test_client_supplied_digest_that_does_not_match_is_refused(h: Harness) -> None:
+    req = created(h)
+    response = h.approve("bob", req, digest="0x" + "00" * 32)
+    assert response.status_code == 422
+
+
+def test_approval_for_another_request_is_refused(h: Harness) -> None:
+    req, other = created(h), created(h)
+    jws = h.approval("bob", other)
+    response = h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": jws})
+    assert response.status_code == 422
+
+
+def test_approval_bound_to_another_chain_or_contract_is_refused(h: Harness) -> None:
+    req = created(h)
+    domain, message = eip712.mint_from_typed_data(req["typedData"])
+    for changed in (eip712.Eip712Domain(domain.name, domain.version, domain.chain_id + 1,
+                                        domain.verifying_contract),
+                    eip712.Eip712Domain(domain.name, domain.version, domain.chain_id, h.allowlist[1])):
+        digest = "0x" + eip712.mint_digest(changed, message).hex()
+        assert h.approve("bob", req, digest=digest).status_code == 422
+
+
+def test_same_operator_counts_once_new_signature_or_high_s_twin(h: Harness) -> None:
+    req = created(h, amount=str(2_000_000 * 10**6))  # needs 3
+    first = h.approval("bob", req)  # bob's key is P-256: ES256
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": first}).status_code == 201
+    # a fresh approval by bob (new jti, new signature bytes)
+    assert h.approve("bob", req).status_code == 409
+    # the high-s twin of bob's ES256 signature: different bytes, equally valid for JOSE
+    head, payload, sig = first.split(".")
+    raw = base64.urlsafe_b64decode(sig + "==")
+    s = int.from_bytes(raw[32:], "big")
+    twin = raw[:32] + (P256_N - s).to_bytes(32, "big")
+    twin_jws = ".".join([head, payload, base64.urlsafe_b64encode(twin).rstrip(b"=").decode()])
+    assert twin_jws != first
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": twin_jws}).status_code == 409
+    state = h.client.get(f"/v1/mint-requests/{req['id']}").get_json()
+    assert [a["operator"] for a in state["approvals"]] == ["bob"]
+    assert state["quorum"]["counted"] == ["bob"]
+
+
+def test_replayed_jti_is_refused(h: Harness) -> None:
+    req, other = created(h), created(h)
+    jti = "replayed-jti-0123456789"
+    ok = h.jws("bob", auth.TYP_MINT_APPROVAL, {"request_id": req["id"], "digest": req["digest"],
+                                                "decision": "approve", "policy": req["policy"]}, jti=jti)
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": ok}).status_code == 201
+    again = h.jws("bob", auth.TYP_MINT_APPROVAL, {"request_id": other["id"], "digest": other["digest"],
+                                                   "decision": "approve", "policy": other["policy"]}, jti=jti)
+    response = h.client.post(f"/v1/mint-requests/{other['id']}/approvals", json={"jws": again})
+    assert response.status_code == 409
+    assert "replay" in response.get_json()["detail"]
+
+
+def test_approval_signed_as_another_message_type_is_refused(h: Harness) -> None:
+    req = created(h)
+    wrong_typ = h.jws("bob", auth.TYP_MINT_REQUEST, {"request_id": req["id"], "digest": req["digest"],
+                                                      "decision": "approve", "policy": req["policy"]})
+    response = h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": wrong_typ})
+    assert response.status_code == 401
+
+
+def test_expired_request_and_stale_approval_are_refused(h: Harness) -> None:
+    req = created(h)
+    stale = h.jws("bob", auth.TYP_MINT_APPROVAL, {"request_id": req["id"], "digest": req["digest"],
+                                                   "decision": "approve", "policy": req["policy"]},
+                  iat=int(h.clock()) - 301)
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": stale}).status_code == 401
+    h.clock.advance(86400)
+    response = h.approve("bob", req)
+    assert response.status_code == 409
+    assert "expired" in response.get_json()["detail"]
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["status"] == "expired"
+
+
+def test_expired_approval_no_longer_counts(h: Harness) -> None:
+    req = created(h)
+    assert h.approve("bob", req).status_code == 201
+    h.clock.advance(3601)  # approval_ttl_seconds of the dev policy
+    state = h.approve("carol", req).get_json()
+    assert state["status"] == "pending"
+    assert state["authorization"] is None
+    assert any(op == "bob" for op, _ in state["quorum"]["ignored"])
+
+
+def test_a_rejection_vetoes_the_request(h: Harness) -> None:
+    req = created(h)
+    assert h.approve("bob", req, decision="reject").get_json()["status"] == "rejected"
+    assert h.approve("carol", req).status_code == 409
+
+
+@pytest.mark.parametrize("amount", [
+    "0", "-1", str(2**256), "1.5", "1e18", "01", " 1", "１", 1000, 1.5, True, None, "",
+])
+def test_bad_amounts_are_refused(h: Harness, amount: Any) -> None:
+    response = h.request(amount=amount)
+    assert response.status_code == 400, amount
+    assert response.get_json()["errors"][0]["location"].startswith("jws.payload")
+
+
+def test_bad_addresses_are_refused(h: Harness) -> None:
+    good = h.allowlist[0]
+    for bad in (good.lower(), good[:-1], good + "0", "0x" + "g" * 40, good[:-1] + ("A" if good[-1] != "A" else "B")):
+        response = h.request(to=bad)
+        assert response.status_code in (400, 422), bad
+    response = h.request(to=eip712.to_checksum_address(bytes(20)))
+    assert response.status_code == 422
+    assert "allowlist" in json.dumps(response.get_json())
+
+
+def test_unknown_chain_is_refused(h: Harness) -> None:
+    assert h.request(chain_id=999).status_code == 400
+
+
+def test_per_request_maximum(h: Harness) -> None:
+    assert h.request(amount=str(10_000_000 * 10**6 + 1)).status_code == 422
+    assert h.request(amount=str(10_000_000 * 10**6)).status_code == 201
+
+
+def test_velocity_limit_refuses_the_request_that_would_cross_it(h: Harness) -> None:
+    ten_million = str(10_000_000 * 10**6)
+    for _ in range(5):  # the dev velocity limit is 50,000,000 tokens a day
+        req = created(h, amount=ten_million)
+        for name in ("bob", "carol"):
+            h.approve(name, req)
+        assert h.approve("dave", req).get_json()["status"] == "authorized"
+    response = h.request(amount="1")
+    assert response.status_code == 422
+    assert "velocity" in json.dumps(response.get_json())
+    h.clock.advance(86401)
+    assert h.request(amount="1").status_code == 201
+
+
+def test_garbage_bodies_get_clear_4xx(h: Harness) -> None:
+    c = h.client
+    assert c.post("/v1/mint-requests", data="{", content_type="application/json").status_code == 400
+    assert c.post("/v1/mint-requests", data='{"jws": "a", "jws": "b"}',
+                  content_type="application/json").status_code == 400
+    assert c.post("/v1/mint-requests", data="jws=x", content_type="text/plain").status_code == 415
+    assert c.post("/v1/mint-requests", json={"jws": "not.a.jws"}).status_code in (400, 401)
+    assert c.post("/v1/mint-requests", json={}).status_code == 400
+    assert c.post("/v1/mint-requests", json=[1]).status_code == 400
+    assert c.get("/v1/mint-requests/nope").status_code == 404
+    assert c.delete("/v1/mint-requests").status_code == 405
+    assert c.post("/v1/mint-requests", data=b"x" * (2 << 20), content_type="application/json").status_code == 413
+    for response in (c.get("/nowhere"), c.post("/v1/mint-requests", data="{", content_type="application/json")):
+        assert response.mimetype == "application/problem+json"
+        assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_cancel_by_requester_or_security_admin_only(h: Harness) -> None:
+    req = created(h)
+    jws = h.jws("bob", auth.TYP_MINT_CANCEL, {"request_id": req["id"]})
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/cancel", json={"jws": jws}).status_code == 403
+    jws = h.jws("erin", auth.TYP_MINT_CANCEL, {"request_id": req["id"]})
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/cancel", json={"jws": jws}).get_json()["status"] == \
+        "cancelled"
+    assert h.approve("bob", req).status_code == 409
+
+
+def test_list_filters_by_status(h: Harness) -> None:
+    a, b = created(h), created(h)
+    h.approve("bob", a)
+    h.approve("carol", a)
+    listing = h.client.get("/v1/mint-requests?status=pending").get_json()
+    assert [i["id"] for i in listing["items"]] == [b["id"]]
+    assert h.client.get("/v1/mint-requests?status=bogus").status_code == 400
+
+
+def test_concurrent_final_approvals_give_exactly_one_signature(h: Harness) -> None:
+    exactly_once(h)
+
+
+def exactly_once(h: Harness) -> None:
+    """8 threads submit final approvals at once (distinct officers and the same JWS): one HSM signature."""
+    req = created(h)
+    assert h.approve("bob", req).status_code == 201
+    final = h.approval("carol", req)
+    tokens = [final] * 4 + [h.approval("dave", req), h.approval("dave", req), final, final]
+    before = mint_signatures()
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def submit(token: str) -> None:
+        client = h.flask.test_client()
+        barrier.wait()
+        statuses.append(client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": token}).status_code)
+
+    threads = [threading.Thread(target=submit, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert mint_signatures() - before == 1
+    assert statuses.count(201) >= 1
+    assert all(s in (201, 409) for s in statuses), statuses
+    authz = h.client.get(f"/v1/mint-requests/{req['id']}/authorization").get_json()
+    assert Account.recover_message(encode_typed_data(full_message=authz["typedData"]),
+                                   signature=authz["signature"]) == authz["signer"]
+
+
+@pytest.mark.postgres
+def test_concurrent_final_approvals_give_exactly_one_signature_on_postgresql(pg_h: Harness) -> None:
+    exactly_once(pg_h)
+
+
+@pytest.mark.postgres
+def test_mint_flow_on_postgresql(pg_h: Harness) -> None:
+    req = created(pg_h)
+    pg_h.approve("bob", req)
+    authz = pg_h.approve("carol", req).get_json()["authorization"]
+    assert Account.recover_message(encode_typed_data(full_message=authz["typedData"]),
+                                   signature=authz["signature"]) == authz["signer"]
+
+
+def test_hsm_failure_after_reservation_is_recovered_once(h: Harness) -> None:
+    from appliance.errors import HsmUnavailable
+
+    req = created(h)
+    h.approve("bob", req)
+    signer = h.app_ctx.mint_signer
+    original = signer.sign_eth_digest
+
+    def broken(digest: bytes) -> bytes:
+        raise HsmUnavailable("HSM sign failed: DeviceRemoved (simulated)")
+
+    signer.sign_eth_digest = broken  # type: ignore[method-assign]
+    try:
+        response = h.approve("carol", req)
+    finally:
+        signer.sign_eth_digest = original  # type: ignore[method-assign]
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    url = f"/v1/mint-requests/{req['id']}/authorization"
+    assert h.client.get(url).status_code == 409  # the reservation may still be in flight elsewhere
+    before = mint_signatures()
+    h.clock.advance(31)
+    authz = h.client.get(url).get_json()
+    assert h.client.get(url).get_json() == authz
+    assert mint_signatures() - before == 1
+    assert Account.recover_message(encode_typed_data(full_message=authz["typedData"]),
+                                   signature=authz["signature"]) == authz["signer"]

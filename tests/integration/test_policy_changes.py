@@ -1,0 +1,136 @@
+"""Policy and operator changes take effect only under a quorum of the current security admins."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from typing import Any
+
+import tomli_w
+
+from appliance.services import auth
+from tests.helpers import Harness
+
+
+def current(h: Harness) -> dict[str, Any]:
+    return h.client.get("/v1/policy").get_json()  # type: ignore[no-any-return]
+
+
+def tables(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
+    bundle = current(h)["active"]["bundle"]
+    return copy.deepcopy(bundle["policy"]), copy.deepcopy(bundle["operators"])
+
+
+def propose(h: Harness, policy: dict[str, Any], operators: dict[str, Any] | None, by: str = "erin") -> Any:
+    jws = h.jws(by, auth.TYP_POLICY_PROPOSAL, {"policy": policy, "operators": operators})
+    return h.client.post("/v1/policy/proposals", json={"jws": jws})
+
+
+def vote(h: Harness, proposal: dict[str, Any], by: str, decision: str = "approve") -> Any:
+    jws = h.jws(by, auth.TYP_POLICY_APPROVAL, {"proposal": proposal["id"], "hash": proposal["hash"],
+                                               "decision": decision})
+    return h.client.post(f"/v1/policy/proposals/{proposal['id']}/approvals", json={"jws": jws})
+
+
+def enact(h: Harness, policy: dict[str, Any], operators: dict[str, Any] | None = None) -> str:
+    proposal = propose(h, policy, operators).get_json()
+    assert vote(h, proposal, "erin").get_json()["status"] == "proposed"
+    assert vote(h, proposal, "frank").get_json()["status"] == "active"
+    return str(proposal["hash"])
+
+
+def test_a_change_needs_the_governance_quorum(h: Harness) -> None:
+    before = current(h)["active"]["hash"]
+    policy, _ = tables(h)
+    policy["mint"]["max_per_request"] = "1"
+    proposal = propose(h, policy, None)
+    assert proposal.status_code == 201
+    proposal = proposal.get_json()
+    assert vote(h, proposal, "erin").get_json()["status"] == "proposed"
+    assert current(h)["active"]["hash"] == before  # one admin is not a quorum
+    assert vote(h, proposal, "erin").status_code == 409  # and cannot vote twice
+    assert h.request(amount="2").status_code == 201  # the old maximum still applies
+    assert vote(h, proposal, "frank").get_json()["status"] == "active"
+    assert current(h)["active"]["hash"] == proposal["hash"]
+    assert h.request(amount="2").status_code == 422
+
+
+def test_only_security_admins_propose_and_approve(h: Harness) -> None:
+    policy, _ = tables(h)
+    policy["name"] = "by a treasurer"
+    assert propose(h, policy, None, by="bob").status_code == 403
+    proposal = propose(h, policy, None).get_json()
+    assert vote(h, proposal, "dave").status_code == 403
+    assert vote(h, {"id": proposal["id"], "hash": "0" * 64}, "frank").status_code == 422
+
+
+def test_a_rejection_by_an_admin_ends_the_proposal(h: Harness) -> None:
+    policy, _ = tables(h)
+    policy["name"] = "rejected"
+    proposal = propose(h, policy, None).get_json()
+    assert vote(h, proposal, "frank", "reject").get_json()["status"] == "rejected"
+    assert vote(h, proposal, "erin").status_code == 409
+
+
+def test_editing_the_toml_on_disk_changes_nothing(h: Harness) -> None:
+    path = h.directory / "policy.toml"
+    data = tomllib.loads(path.read_text())
+    data["mint"]["max_per_request"] = "1"
+    path.write_text(tomli_w.dumps(data))
+    assert h.request(amount="1000").status_code == 201
+    from appliance import config
+    from appliance.services import setup
+
+    setup.init(config.load(h.directory / "appliance.toml"))  # init again: idempotent, the pinned bundle stays
+    assert h.request(amount="1000").status_code == 201
+
+
+def test_a_threshold_raised_while_pending_applies(h: Harness) -> None:
+    req = h.request().get_json()
+    assert h.approve("bob", req).status_code == 201
+    policy, _ = tables(h)
+    for tier in policy["mint"]["tiers"]:
+        tier["approvals"] = 3
+    enact(h, policy)
+    state = h.approve("carol", req).get_json()
+    assert state["status"] == "pending" and state["authorization"] is None  # 2 of 3 now
+    assert h.approve("dave", req).get_json()["status"] == "authorized"
+
+
+def test_a_threshold_lowered_while_pending_does_not_loosen_the_request(h: Harness) -> None:
+    req = h.request().get_json()
+    policy, _ = tables(h)
+    policy["mint"]["tiers"][0]["approvals"] = 1
+    enact(h, policy)
+    state = h.approve("bob", req).get_json()
+    assert state["status"] == "pending"  # the request was made under "2 approvals"
+    assert h.approve("carol", req).get_json()["status"] == "authorized"
+
+
+def test_an_operator_disabled_after_approving_no_longer_counts(h: Harness) -> None:
+    req = h.request().get_json()
+    assert h.approve("bob", req).status_code == 201
+    policy, operators = tables(h)
+    for op in operators["operators"]:
+        if op["name"] == "bob":
+            op["enabled"] = False
+    enact(h, policy, operators)
+    state = h.approve("carol", req).get_json()
+    assert state["status"] == "pending"
+    assert ["bob", "operator disabled"] in state["quorum"]["ignored"]
+    assert h.approve("dave", req).get_json()["status"] == "authorized"
+    assert h.request(name="bob").status_code == 403  # and bob can no longer request
+
+
+def test_policy_changes_are_audited(h: Harness) -> None:
+    policy, _ = tables(h)
+    policy["name"] = "audited"
+    digest = enact(h, policy)
+    from appliance.services.audit import AuditLog
+
+    head = AuditLog(h.app_ctx).head().size
+    entries = h.client.get(f"/v1/audit/entries?start=0&end={head}").get_json()["entries"]
+    actions = [(e["action"], e["subject"]) for e in entries]
+    assert ("policy.proposed", digest) in actions
+    assert ("policy.approved", digest) in actions
+    assert ("policy.activated", digest) in actions

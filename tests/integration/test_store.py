@@ -1,0 +1,144 @@
+"""Repository tests, each on SQLite and on PostgreSQL (under CI=true PostgreSQL must run, not skip)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import insert, select, text
+
+from appliance.domain import merkle
+from appliance.domain.canonical import canonical_json
+from appliance.errors import StorageUnavailable
+from appliance.store import audit_repo, schema
+from appliance.store.db import Database
+from appliance.store.tables import audit_entries, seen_tokens
+
+
+@pytest.fixture
+def store(db_url: str) -> Database:
+    database = Database(db_url, timeout_seconds=2.0)
+    schema.upgrade(database)
+    schema.upgrade(database)  # idempotent
+    database.write(audit_repo.ensure_head)
+    yield database
+    database.dispose()
+
+
+def append(database: Database, n: int) -> int:
+    def run(conn: object) -> int:
+        head = audit_repo.lock_head(conn)  # type: ignore[arg-type]
+        entry = canonical_json({"index": head.size, "n": n})
+        audit_repo.append(conn, "test", entry, 0)  # type: ignore[arg-type]
+        return head.size
+
+    return database.write(run)
+
+
+def test_schema_is_current(store: Database) -> None:
+    assert schema.is_current(store)
+
+
+def test_appends_from_many_threads_are_gap_free_and_the_head_matches(store: Database) -> None:
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        for i in range(25):
+            try:
+                append(store, w * 1000 + i)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with store.read() as conn:
+        rows = conn.execute(select(audit_entries.c.idx, audit_entries.c.entry).order_by(audit_entries.c.idx)).all()
+        head = audit_repo.head(conn)
+    assert [r.idx for r in rows] == list(range(200))
+    assert head.size == 200
+    leaves = [merkle.leaf_hash(r.entry.encode()) for r in rows]
+    assert head.root == merkle.root(leaves)
+    assert all(f'"index":{r.idx}' in r.entry for r in rows)
+
+
+def test_checkpoints_are_stored_once_per_size(store: Database) -> None:
+    append(store, 1)
+    store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"r" * 32, "note-1", 10))
+    store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"x" * 32, "note-other", 11))
+    with store.read() as conn:
+        latest = audit_repo.latest_checkpoint(conn)
+    assert latest is not None and latest.note == "note-1"
+
+
+def test_a_jti_can_be_recorded_once(store: Database) -> None:
+    from sqlalchemy import exc
+
+    store.write(lambda c: c.execute(insert(seen_tokens).values(jti="j" * 20, operator="bob", seen_at=1)))
+    with pytest.raises(exc.IntegrityError):
+        store.write(lambda c: c.execute(insert(seen_tokens).values(jti="j" * 20, operator="eve", seen_at=2)))
+
+
+def test_a_failed_transaction_leaves_nothing(store: Database) -> None:
+    def half(conn: object) -> None:
+        audit_repo.append(conn, "test", b'{"index":0}', 0)  # type: ignore[arg-type]
+        raise StorageUnavailable("disk full (simulated)")
+
+    with pytest.raises(StorageUnavailable):
+        store.write(half)
+    with store.read() as conn:
+        assert audit_repo.head(conn).size == 0
+
+
+def test_a_held_lock_fails_within_the_timeout(store: Database, db_url: str) -> None:
+    """A blocked store never hangs a request: the write gives up within the configured bound."""
+    other = Database(db_url, timeout_seconds=5.0)
+    release, held = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        if store.is_sqlite:  # a separate client holding the write lock
+            import sqlite3
+
+            raw = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+            raw.execute("BEGIN EXCLUSIVE")
+            held.set()
+            release.wait(30)
+            raw.execute("ROLLBACK")
+            raw.close()
+            return
+        with other.engine.connect() as conn:
+            conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
+            held.set()
+            release.wait(30)
+            conn.rollback()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailable):
+            append(store, 1)
+    finally:
+        release.set()
+        thread.join()
+        other.dispose()
+    assert time.monotonic() - started < 2.0 + 1.5
+
+
+def test_sqlite_is_durable_and_strict(tmp_path: object) -> None:
+    database = Database(f"sqlite:///{tmp_path}/s.db")
+    with database.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_storage_unreachable_is_storage_unavailable() -> None:
+    database = Database("postgresql://postgres@127.0.0.1:1/none", timeout_seconds=1.0)
+    with pytest.raises(StorageUnavailable):
+        database.ping()
