@@ -7,6 +7,7 @@ has approved its hash, and it applies to requests created afterwards (each reque
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 import uuid
@@ -65,6 +66,13 @@ def checked(bundle: PolicyBundle) -> PolicyBundle:
     return bundle
 
 
+@functools.lru_cache(maxsize=16)
+def _parse_bundle(text: str) -> PolicyBundle:
+    """PolicyBundle.from_json of a stored bundle, memoized on its exact text (parsing is pure; bundles are
+    immutable), so a request does not re-parse and re-validate the policy every time."""
+    return PolicyBundle.from_json(json.loads(text))
+
+
 class PolicyService:
     def __init__(self, app: Appliance) -> None:
         self.app = app
@@ -80,13 +88,17 @@ class PolicyService:
         row = conn.execute(select(policy_bundles).where(policy_bundles.c.status == "active")).first()
         if row is None:
             raise ConfigError("no active policy: run `appliance init`")
-        return ActiveBundle(row.id, row.hash, PolicyBundle.from_json(json.loads(row.bundle)), row.activated_seq)
+        return ActiveBundle(row.id, row.hash, self._parse(row.bundle), row.activated_seq)
 
     def by_hash(self, conn: Connection, digest: str) -> PolicyBundle:
         row = conn.execute(select(policy_bundles.c.bundle).where(policy_bundles.c.hash == digest)).first()
         if row is None:
             raise NotFound(f"no policy bundle with hash {digest}")
-        return PolicyBundle.from_json(json.loads(row.bundle))
+        return self._parse(row.bundle)
+
+    @staticmethod
+    def _parse(text: str) -> PolicyBundle:
+        return _parse_bundle(text)
 
     def describe(self) -> dict[str, Any]:
         with self.app.db.read() as conn:

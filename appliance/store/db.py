@@ -17,7 +17,6 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import NullPool
 
 from appliance.errors import StorageUnavailable
 
@@ -46,7 +45,9 @@ class Database:
             engine = create_engine(
                 self.url,
                 connect_args={"timeout": self.timeout, "check_same_thread": False, "isolation_level": None},
-                poolclass=NullPool if ":memory:" not in self.url else None,
+                # Pooled: opening a connection (and its pragmas) and closing the last one (a WAL checkpoint) cost
+                # more than a durable commit. The engine is created after the server forks its workers.
+                pool_size=4, max_overflow=28, pool_timeout=self.timeout,
             )
 
             @event.listens_for(engine, "connect")
