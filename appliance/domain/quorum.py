@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from appliance.domain.policy import OperatorSet, Policy, Tier, describe
 from appliance.errors import PolicyViolation, Problem
@@ -18,6 +18,7 @@ from appliance.errors import PolicyViolation, Problem
 FUTURE_SKEW_SECONDS = 300
 
 # Why an approval did not count (the second member of each QuorumResult.ignored pair).
+NOT_AUTHENTIC = "its stored signature does not verify"
 UNKNOWN_OPERATOR = "unknown operator"
 OPERATOR_DISABLED = "operator disabled"
 REQUESTER = "the requester never counts"
@@ -34,14 +35,16 @@ OVERRULED_BY_REJECTION = "the same operator also rejected (the rejection wins)"
 
 @dataclass(frozen=True)
 class Approval:
-    """An operator's decision on a request; its JWS signature was verified by the caller."""
+    """An operator's decision on a request, as its JWS says. `authentic` is the caller's verdict on that JWS's
+    signature (re-checked from storage whenever quorum is evaluated); an inauthentic one never counts or vetoes."""
 
     operator: str
-    decision: Literal["approve", "reject"]
+    decision: str  # "approve" or "reject"; anything else is ignored as UNKNOWN_DECISION
     request_id: str
     digest: str
     policy_hash: str
     iat: int
+    authentic: bool = True
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class QuorumResult:
 def _ignore_reason(a: Approval, request: RequestFacts, operators: OperatorSet, tier: Tier, approval_ttl: int,
                    now: int) -> str | None:
     """Why `a` cannot count (or veto), or None when it is valid."""
+    if not a.authentic:
+        return NOT_AUTHENTIC
     op = operators.get(a.operator)
     if op is None:
         return UNKNOWN_OPERATOR

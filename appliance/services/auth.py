@@ -89,6 +89,23 @@ def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: froze
     return Authenticated(operator=operator, payload=payload, token=token, jti=jti, iat=iat)
 
 
+def verify_stored(token: str, bundle: PolicyBundle, typ: str) -> tuple[Operator, dict[str, Any]] | None:
+    """A JWS accepted earlier, checked again as read back from storage: signed by the operator its `kid` names
+    in `bundle`, of type `typ`, with a JSON object payload. Returns (operator, payload), or None when it does not
+    verify. No clock or replay checks (they held when it was accepted) and no role or enabled checks (the
+    caller's policy decides). This is what keeps a forged or edited database row from counting."""
+    try:
+        parsed = jose.parse_compact(token, "jws")
+        if parsed.header.get("typ") != typ:
+            return None
+        operator = _operator_for_kid(bundle, parsed.header.get("kid"))
+        jose.verify_compact(token, dict(operator.jwk), algs=OPERATOR_ALGS, typ=typ, location="jws")
+        payload = parse_json_strict(parsed.payload, "jws.payload")
+    except ApplianceError:
+        return None
+    return (operator, payload) if isinstance(payload, dict) else None
+
+
 def consume_jti(conn: Connection, auth: Authenticated, now: int) -> None:
     """Record the token's jti inside the caller's transaction; a replay raises Conflict."""
     try:

@@ -82,15 +82,46 @@ class MintService:
                                    policy_hash=row.policy_hash)
 
     @staticmethod
-    def _approvals(conn: Connection, request_id: str) -> list[quorum.Approval]:
+    def _approvals(conn: Connection, request_id: str, bundle: PolicyBundle) -> list[quorum.Approval]:
+        """The request's approvals as their JWS say, each signature verified again against `bundle`'s keys.
+
+        The columns are only an index: who approved what is read from the verified JWS, so a row inserted or
+        edited by someone holding the database (but no officer's key) never counts.
+        """
         rows = conn.execute(select(mint_approvals).where(mint_approvals.c.request_id == request_id)
                             .order_by(mint_approvals.c.created_at, mint_approvals.c.operator))
-        return [quorum.Approval(operator=r.operator, decision=r.decision, request_id=r.request_id, digest=r.digest,
-                                policy_hash=r.policy_hash, iat=r.iat) for r in rows]
+        out = []
+        for r in rows:
+            verified = auth.verify_stored(r.jws, bundle, auth.TYP_MINT_APPROVAL)
+            iat = verified[1].get("iat") if verified else None
+            if verified is None or isinstance(iat, bool) or not isinstance(iat, int):
+                out.append(quorum.Approval(operator=r.operator, decision=r.decision, request_id=r.request_id,
+                                           digest=r.digest, policy_hash=r.policy_hash, iat=r.iat, authentic=False))
+                continue
+            operator, payload = verified
+            out.append(quorum.Approval(operator=operator.name, decision=payload.get("decision", ""),
+                                       request_id=payload.get("request_id", ""), digest=payload.get("digest", ""),
+                                       policy_hash=payload.get("policy", ""), iat=iat))
+        return out
+
+    def _request_is_authentic(self, conn: Connection, row: Any) -> bool:
+        """Whether the stored request is what its requester signed: the JWS verifies under the requester's key
+        in the policy the request was made under, and names this recipient, amount and chain."""
+        verified = auth.verify_stored(row.request_jws, self.policies.by_hash(conn, row.policy_hash),
+                                      auth.TYP_MINT_REQUEST)
+        if verified is None:
+            return False
+        operator, payload = verified
+        try:
+            amount = amounts.parse_amount(payload.get("amount"), "amount")
+        except ApplianceError:
+            return False
+        return (operator.name == row.requester and payload.get("to") == row.to_address
+                and amount == int(row.amount) and payload.get("chain_id") == row.chain_id)
 
     def _evaluate(self, conn: Connection, row: Any, active: ActiveBundle, now: int) -> quorum.QuorumResult:
         """The stricter of: the policy the request was made under, and the current policy and operators."""
-        approvals = self._approvals(conn, row.id)
+        approvals = self._approvals(conn, row.id, active.bundle)
         facts = self._facts(row)
         current = quorum.evaluate(facts, approvals, active.bundle.operators, active.bundle.policy, now)
         if row.policy_hash == active.hash:
@@ -318,6 +349,8 @@ class MintService:
             digest = self._digest(row)
             if digest != row.digest:
                 reasons.append("the stored digest does not match the stored fields")
+            if not self._request_is_authentic(conn, row):
+                reasons.append("the stored request does not match its requester's signed JWS")
             if reasons:
                 self.audit.record(conn, actor="appliance", action="mint.authorization.refused", subject=row.id,
                                   details={"reasons": reasons}, policy_hash=active.hash)

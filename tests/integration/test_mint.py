@@ -343,3 +343,74 @@ def test_hsm_failure_after_reservation_is_recovered_once(h: Harness) -> None:
     assert mint_signatures() - before == 1
     assert Account.recover_message(encode_typed_data(full_message=authz["typedData"]),
                                    signature=authz["signature"]) == authz["signer"]
+
+
+# -- someone holding the database, but no officer's key, cannot mint ----------------------------------------------
+
+def _insert_approval(h: Harness, req: dict[str, Any], operator: str, jws: str) -> None:
+    from appliance.store.tables import mint_approvals
+    with h.app_ctx.db.engine.begin() as conn:
+        conn.execute(mint_approvals.insert().values(
+            request_id=req["id"], operator=operator, decision="approve", digest=req["digest"],
+            policy_hash=req["policy"], iat=int(h.clock()), jws=jws, created_at=int(h.clock())))
+
+
+def _authorize(h: Harness, req: dict[str, Any]) -> Any:
+    from appliance.services.mint import MintService
+    return MintService(h.app_ctx).authorize(req["id"])
+
+
+def _forged_approval(h: Harness, req: dict[str, Any], impersonated: str) -> str:
+    """An approval naming `impersonated`'s kid, signed with a key the forger made."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    from appliance.domain import jose
+    from appliance.signing import SoftwareSigner
+    real = h.signer(impersonated)
+    key = ed25519.Ed25519PrivateKey.generate() if real.alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+    forger = SoftwareSigner.for_key(key)
+    body = {"request_id": req["id"], "digest": req["digest"], "decision": "approve", "policy": req["policy"],
+            "iat": int(h.clock()), "jti": "forged-jti-0123456789"}
+    return jose.sign_compact({"alg": forger.alg, "kid": real.key_id, "typ": auth.TYP_MINT_APPROVAL},
+                             json.dumps(body).encode(), forger.sign)
+
+
+def test_an_approval_row_inserted_in_the_database_does_not_count(h: Harness) -> None:
+    req = created(h)
+    assert h.approve("bob", req).status_code == 201
+    _insert_approval(h, req, "carol", _forged_approval(h, req, "carol"))
+    before = mint_signatures()
+    assert _authorize(h, req) is None
+    shown = h.client.get(f"/v1/mint-requests/{req['id']}").get_json()
+    assert shown["status"] == "pending" and shown["authorization"] is None
+    assert mint_signatures() == before
+    # control: the same row carrying carol's genuine signature does count, so the refusal above was the forgery's
+    from appliance.store.tables import mint_approvals
+    with h.app_ctx.db.engine.begin() as conn:
+        conn.execute(mint_approvals.update().where(mint_approvals.c.operator == "carol")
+                     .values(jws=h.approval("carol", req)))
+    assert _authorize(h, req) is not None
+    assert mint_signatures() == before + 1
+
+
+def test_another_officers_approval_copied_under_a_new_name_counts_once(h: Harness) -> None:
+    req = created(h)
+    bobs = h.approval("bob", req)
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": bobs}).status_code == 201
+    _insert_approval(h, req, "carol", bobs)  # the columns say carol; the signature is bob's
+    assert _authorize(h, req) is None
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["status"] == "pending"
+
+
+def test_a_request_edited_in_the_database_is_refused_at_signing(h: Harness) -> None:
+    from appliance.store.tables import mint_requests
+    req = created(h)
+    assert h.approve("bob", req).status_code == 201
+    with h.app_ctx.db.engine.begin() as conn:  # pretend dave asked (his name on a request alice signed)
+        conn.execute(mint_requests.update().where(mint_requests.c.id == req["id"]).values(requester="dave"))
+    before = mint_signatures()
+    response = h.approve("carol", req)
+    assert response.status_code == 422, response.get_json()
+    assert "does not match its requester's signed JWS" in json.dumps(response.get_json())
+    assert mint_signatures() == before
+    assert h.client.get(f"/v1/mint-requests/{req['id']}/authorization").status_code == 409

@@ -512,3 +512,13 @@ def test_evaluate_agrees_with_a_brute_force_oracle(s: Scenario) -> None:
     assert (again.met, again.counted, again.rejected_by, again.missing) == (
         result.met, result.counted, result.rejected_by, result.missing)
     assert sorted(again.ignored) == sorted(result.ignored)
+
+
+def test_an_approval_whose_stored_signature_fails_neither_counts_nor_vetoes() -> None:
+    from dataclasses import replace
+    forged = replace(approval("t2"), authentic=False)
+    result = run([approval("t1"), forged])
+    assert not result.met and result.counted == ("t1",)
+    assert result.ignored == (("t2", "its stored signature does not verify"),)
+    vetoed = run([approval("t1"), approval("t2"), replace(approval("c1", "reject"), authentic=False)])
+    assert vetoed.met and not vetoed.vetoed and vetoed.rejected_by == ()
