@@ -38,6 +38,7 @@ run: system-deps $(VENV)/.installed $(DEV)/appliance.toml
 	@echo "  appliance mint request --operator alice --key $(DEV)/operators/alice.pem --to \$$(grep -m1 address $(DEV)/policy.toml | cut -d'\"' -f2) --amount 250000000000"
 	@echo "  (then approve as bob and carol; see README.md, 'Walk-through')"
 	@echo ""
+	@$(BIN)/appliance --config $(DEV)/appliance.toml init >/dev/null  # idempotent: upgrades an older .dev/
 	$(BIN)/appliance --config $(DEV)/appliance.toml serve
 
 lint: $(VENV)/.installed

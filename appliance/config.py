@@ -32,6 +32,7 @@ class HsmSettings:
     mint_key: str
     attestation_key: str
     audit_key: str
+    policy_anchor: str = "policy-anchor"
 
     def pin(self) -> str:
         """Read the user PIN from its source; ConfigError when it is not there."""
@@ -173,7 +174,7 @@ def _non_negative(v: Any) -> str | None:
 
 _ALLOWED: dict[str, set[str] | None] = {
     "hsm": {"module", "token_label", "pin_env", "pin_file", "softhsm2_conf"},
-    "keys": {"mint", "attestation", "audit"},
+    "keys": {"mint", "attestation", "audit", "policy_anchor"},
     "storage": {"url", "write_timeout_seconds"},
     "service": {"listen", "workers", "threads", "max_body_bytes", "metrics_dir"},
     "issuer": {"name", "token_symbol", "token_name", "token_decimals", "currency"},
@@ -216,6 +217,7 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         mint_key=r.get("keys.mint", str, "mint-secp256k1"),
         attestation_key=r.get("keys.attestation", str, "attestation-p256"),
         audit_key=r.get("keys.audit", str, "audit-ed25519"),
+        policy_anchor=r.get("keys.policy_anchor", str, "policy-anchor"),
     )
     labels = [hsm.mint_key, hsm.attestation_key, hsm.audit_key]
     if len(set(labels)) != 3:

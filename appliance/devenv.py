@@ -160,7 +160,8 @@ def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin:
     config = {
         "hsm": {"module": _softhsm_module(), "token_label": token, "pin_file": "hsm-pin",
                 "softhsm2_conf": str(softhsm_conf)},
-        "keys": {"mint": "mint-secp256k1", "attestation": "attestation-p256", "audit": "audit-ed25519"},
+        "keys": {"mint": "mint-secp256k1", "attestation": "attestation-p256", "audit": "audit-ed25519",
+                 "policy_anchor": f"policy-anchor-{secrets.token_hex(6)}"},
         "storage": {"url": storage_url, "write_timeout_seconds": 5.0},
         "service": {"listen": "127.0.0.1:8080", "workers": 2, "threads": 8, "max_body_bytes": 1048576},
         "issuer": {"name": "Example HKD Stablecoin Issuer Ltd (dev)", "token_symbol": "HKDS",

@@ -285,6 +285,30 @@ class Hsm:
         return self._call("sign", do_sign)
 
 
+    # -- data objects ------------------------------------------------------------------------------------------
+
+    def read_data(self, label: str) -> bytes | None:
+        """The value of the private data object (CKO_DATA) labelled `label`, or None when there is none."""
+
+        def read(session: Any) -> bytes | None:
+            found = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
+            if len(found) > 1:
+                raise ConfigError(f"several data objects are labelled {label!r}: labels must be unique")
+            return bytes(found[0][Attribute.VALUE]) if found else None
+
+        return self._call("read-data", read)
+
+    def store_data(self, label: str, value: bytes) -> None:
+        """Create a token data object that only a logged-in user reads and nobody modifies (CKA_PRIVATE,
+        CKA_MODIFIABLE=false): a fact the database must not be able to change."""
+
+        def create(session: Any) -> None:
+            session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label, Attribute.VALUE: value,
+                                   Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.MODIFIABLE: False})
+
+        self._call("store-data", create)
+
+
 def _unwrap_octet_string(value: bytes) -> bytes:
     """CKA_EC_POINT is a DER OCTET STRING around the point (SoftHSM2 and the spec); accept a bare point too."""
     if len(value) >= 2 and value[0] == 0x04:

@@ -28,6 +28,8 @@ class Appliance:
     mint_signer: HsmSigner = field(init=False)
     attestation_signer: HsmSigner = field(init=False)
     audit_signer: HsmSigner = field(init=False)
+    #: the first policy bundle's hash as pinned in the token (services.policy), read once per process
+    policy_anchor: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         h = self.settings.hsm

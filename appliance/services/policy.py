@@ -3,6 +3,12 @@
 The first bundle is pinned from the TOML files at `init`. After that the TOML on disk is only a draft:
 a new bundle takes effect when a quorum of the CURRENT security admins (the active bundle's governance rule)
 has approved its hash, and it applies to requests created afterwards (each request records its bundle hash).
+
+The database is not trusted with the policy. `init` writes the first bundle's hash into the HSM token (a private,
+non-modifiable data object) and every read of the active bundle checks the history back to it: each activated
+bundle's text hashes to its recorded hash, and each one after the first carries verifying approvals by a quorum
+of the previous bundle's security admins. Someone who can write the database but holds no admin's key cannot
+install a policy or operator set of their own; the appliance refuses to act (503) instead.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import functools
 import json
 import tomllib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,15 @@ from appliance import metrics
 from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy
-from appliance.errors import ConfigError, Conflict, InvalidInput, NotFound, PolicyViolation, Problem
+from appliance.errors import (
+    ConfigError,
+    Conflict,
+    InfrastructureError,
+    InvalidInput,
+    NotFound,
+    PolicyViolation,
+    Problem,
+)
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
@@ -66,6 +81,18 @@ def checked(bundle: PolicyBundle) -> PolicyBundle:
     return bundle
 
 
+class PolicyHistoryInvalid(InfrastructureError):
+    """The stored policy history does not descend from the anchor in the HSM: the database was altered."""
+
+    slug = "policy-history-invalid"
+    title = "The stored policy history does not verify"
+
+
+# Histories already verified in this process, keyed by the anchor and every (seq, id, hash) in order: a
+# verified approval stays verified, so only a new activation (or an altered row) costs a new check.
+_VERIFIED: set[tuple[Any, ...]] = set()
+
+
 @functools.lru_cache(maxsize=16)
 def _parse_bundle(text: str) -> PolicyBundle:
     """PolicyBundle.from_json of a stored bundle, memoized on its exact text (parsing is pure; bundles are
@@ -88,7 +115,81 @@ class PolicyService:
         row = conn.execute(select(policy_bundles).where(policy_bundles.c.status == "active")).first()
         if row is None:
             raise ConfigError("no active policy: run `appliance init`")
-        return ActiveBundle(row.id, row.hash, self._parse(row.bundle), row.activated_seq)
+        bundle = self._verified_history(conn, row)
+        return ActiveBundle(row.id, row.hash, bundle, row.activated_seq)
+
+    def _verified_history(self, conn: Connection, active_row: Any) -> PolicyBundle:
+        """The active bundle, after checking the activation history back to the HSM anchor (see the module)."""
+        rows = conn.execute(select(policy_bundles).where(policy_bundles.c.activated_seq.is_not(None))
+                            .order_by(policy_bundles.c.activated_seq)).all()
+        anchor = self.anchor()
+        if anchor is None:
+            raise PolicyHistoryInvalid(f"the HSM token holds no policy anchor "
+                                       f"{self.app.settings.hsm.policy_anchor!r}: run `appliance init`")
+        bundles = []
+        for r in rows:
+            try:
+                bundles.append(self._parse(r.bundle))
+            except (InvalidInput, ValueError) as exc:
+                raise PolicyHistoryInvalid(f"the stored policy bundle {r.hash} does not parse") from exc
+        if not rows or rows[-1].id != active_row.id:
+            raise PolicyHistoryInvalid("the active policy bundle is not the last one activated")
+        key = (anchor, *((r.activated_seq, r.id, r.hash, b.hash) for r, b in zip(rows, bundles, strict=True)))
+        if key not in _VERIFIED:
+            self._check_history(conn, anchor, rows, bundles)
+            _VERIFIED.add(key)
+        return bundles[-1]
+
+    @staticmethod
+    def _check_history(conn: Connection, anchor: str, rows: Sequence[Any], bundles: list[PolicyBundle]) -> None:
+        if rows[0].activated_seq != 1 or bundles[0].hash != anchor:
+            raise PolicyHistoryInvalid("the first policy bundle in the database is not the one pinned in the HSM")
+        for i, (row, bundle) in enumerate(zip(rows, bundles, strict=True)):
+            if row.activated_seq != i + 1 or bundle.hash != row.hash:
+                raise PolicyHistoryInvalid(f"policy bundle {row.hash} was altered or its activation reordered")
+            if i == 0:
+                continue
+            previous = bundles[i - 1]
+            governance = previous.policy.governance
+            approvers, rejecters = set(), set()
+            for vote in conn.execute(select(policy_approvals.c.jws).where(policy_approvals.c.bundle_id == row.id)):
+                verified = auth.verify_stored(vote.jws, previous, auth.TYP_POLICY_APPROVAL)
+                if verified is None:
+                    continue
+                operator, payload = verified
+                if (not operator.enabled or not operator.roles & set(governance.eligible_roles)
+                        or payload.get("proposal") != row.id or payload.get("hash") != row.hash):
+                    continue
+                if payload.get("decision") == "approve":
+                    approvers.add(operator.name)
+                elif payload.get("decision") == "reject":
+                    rejecters.add(operator.name)
+            if rejecters or len(approvers) < governance.approvals:
+                raise PolicyHistoryInvalid(f"policy bundle {row.hash} lacks a verifying quorum of the previous "
+                                           "bundle's security admins")
+
+    def anchor(self) -> str | None:
+        """The hash of the first bundle, as pinned in the HSM token (None before `init`); read once a process."""
+        if self.app.policy_anchor is None:
+            value = self.app.hsm.read_data(self.app.settings.hsm.policy_anchor)
+            self.app.policy_anchor = None if value is None else value.decode("ascii", "replace")
+        return self.app.policy_anchor
+
+    def pin_anchor(self) -> str:
+        """Write the first bundle's hash into the token (init; idempotent). ConfigError when the token already
+        anchors another history: this database does not belong to this token."""
+        with self.app.db.read() as conn:
+            first = conn.execute(select(policy_bundles.c.hash).where(policy_bundles.c.activated_seq == 1)).first()
+        if first is None:
+            raise ConfigError("no policy bundle was pinned: run `appliance init`")
+        label = self.app.settings.hsm.policy_anchor
+        existing = self.anchor()
+        if existing is None:
+            self.app.hsm.store_data(label, first.hash.encode("ascii"))
+        elif existing != first.hash:
+            raise ConfigError(f"the token's policy anchor {label!r} names bundle {existing}, but this database "
+                              f"starts from {first.hash}: wrong database or token")
+        return str(first.hash)
 
     def by_hash(self, conn: Connection, digest: str) -> PolicyBundle:
         row = conn.execute(select(policy_bundles.c.bundle).where(policy_bundles.c.hash == digest)).first()

@@ -20,7 +20,9 @@ def init(settings: Settings) -> dict[str, Any]:
         statuses = keys.ensure_keys(app)
         log = AuditLog(app)
         log.ensure_head()
-        digest, pinned = PolicyService(app).pin_initial(bundle)
+        policies = PolicyService(app)
+        digest, pinned = policies.pin_initial(bundle)
+        policies.pin_anchor()
         created = [s.label for s in statuses if s.created]
         if created:
             log.record_standalone(actor="init", action="keys.created", subject=None,

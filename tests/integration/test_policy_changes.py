@@ -134,3 +134,116 @@ def test_policy_changes_are_audited(h: Harness) -> None:
     assert ("policy.proposed", digest) in actions
     assert ("policy.approved", digest) in actions
     assert ("policy.activated", digest) in actions
+
+
+# -- someone holding the database, but no security admin's key, cannot change the policy --------------------------
+
+def _install(h: Harness, policy: dict[str, Any], operators: dict[str, Any], voters: list[str]) -> None:
+    """Write a bundle straight into the database as the active one, with genuine approvals by `voters`."""
+    import uuid
+
+    from sqlalchemy import func, select, update
+
+    from appliance.domain.canonical import canonical_json
+    from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy
+    from appliance.store.tables import policy_approvals, policy_bundles
+    bundle = PolicyBundle(parse_policy(policy), parse_operators(operators))
+    bundle_id = str(uuid.uuid4())
+    with h.app_ctx.db.engine.begin() as conn:
+        seq = conn.execute(select(func.max(policy_bundles.c.activated_seq))).scalar_one() + 1
+        conn.execute(update(policy_bundles).where(policy_bundles.c.status == "active").values(status="superseded"))
+        conn.execute(policy_bundles.insert().values(
+            id=bundle_id, hash=bundle.hash, bundle=canonical_json(bundle.to_json()).decode(), status="active",
+            proposed_by="erin", created_at=int(h.clock()), activated_seq=seq, activated_at=int(h.clock())))
+        for name in voters:
+            jws = h.jws(name, auth.TYP_POLICY_APPROVAL, {"proposal": bundle_id, "hash": bundle.hash,
+                                                         "decision": "approve"})
+            conn.execute(policy_approvals.insert().values(
+                bundle_id=bundle_id, operator=name, decision="approve", iat=int(h.clock()), jws=jws,
+                created_at=int(h.clock())))
+
+
+def _refuses_to_act(h: Harness) -> None:
+    for response in (h.client.get("/v1/policy"), h.request()):
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["type"].endswith("policy-history-invalid")
+        assert response.content_type == "application/problem+json"
+
+
+def test_a_bundle_written_into_the_database_without_an_admin_quorum_is_refused(h: Harness) -> None:
+    policy, operators = tables(h)
+    policy["mint"]["tiers"][0]["approvals"] = 1  # what a thief would want: one approval mints
+    policy["mint"]["tiers"][1]["approvals"] = 1
+    policy["mint"]["tiers"][1]["required"] = {}
+    # one genuine admin vote (erin's, for a proposal that never went through the API) is not the quorum of two
+    _install(h, policy, operators, ["erin"])
+    _refuses_to_act(h)
+
+
+def test_a_bundle_with_a_full_quorum_of_genuine_votes_is_accepted(h: Harness) -> None:
+    # the control for the test above: the same write with both admins' real signatures verifies
+    policy, operators = tables(h)
+    policy["mint"]["tiers"][0]["approvals"] = 1
+    _install(h, policy, operators, ["erin", "frank"])
+    assert h.client.get("/v1/policy").status_code == 200
+    req = h.request().get_json()
+    assert h.approve("bob", req).get_json()["status"] == "authorized"
+
+
+def test_the_active_bundle_edited_in_place_is_refused(h: Harness) -> None:
+    import json
+
+    from sqlalchemy import update
+
+    from appliance.store.tables import policy_bundles
+    assert h.client.get("/v1/policy").status_code == 200
+    with h.app_ctx.db.engine.begin() as conn:
+        row = conn.execute(policy_bundles.select().where(policy_bundles.c.status == "active")).first()
+        assert row is not None
+        data = json.loads(row.bundle)
+        data["policy"]["mint"]["tiers"][0]["approvals"] = 1
+        conn.execute(update(policy_bundles).where(policy_bundles.c.id == row.id).values(bundle=json.dumps(data)))
+    _refuses_to_act(h)
+
+
+def test_a_first_bundle_replaced_with_its_hash_is_refused(h: Harness) -> None:
+    # rewriting the text and the hash column together still fails: the HSM token pins the first hash
+    from sqlalchemy import update
+
+    from appliance.domain.canonical import canonical_json
+    from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy
+    from appliance.store.tables import policy_bundles
+    policy, operators = tables(h)
+    policy["mint"]["tiers"][0]["approvals"] = 1
+    forged = PolicyBundle(parse_policy(policy), parse_operators(operators))
+    with h.app_ctx.db.engine.begin() as conn:
+        conn.execute(update(policy_bundles).where(policy_bundles.c.activated_seq == 1).values(
+            hash=forged.hash, bundle=canonical_json(forged.to_json()).decode()))
+    _refuses_to_act(h)
+
+
+def test_the_anchor_is_in_the_token_and_another_database_cannot_claim_it(env: Any, tmp_path: Any) -> None:
+    import pytest
+
+    from appliance import config
+    from appliance.errors import ConfigError
+    from appliance.services import context, setup
+    from appliance.services.policy import PolicyService
+    from tests.conftest import write_env
+
+    settings = config.load(env.config)
+    app = context.build(settings)
+    try:
+        with app.db.read() as conn:
+            active = PolicyService(app).active(conn)
+        assert PolicyService(app).anchor() == active.hash  # init wrote the first bundle's hash into the token
+    finally:
+        app.hsm.close()
+        app.db.dispose()
+    # a second deployment (new database, other policy) told to use the same anchor label is refused at init
+    other = write_env(tmp_path / "other")
+    text = other.config.read_text()
+    mine = tomllib.loads(text)["keys"]["policy_anchor"]
+    other.config.write_text(text.replace(mine, settings.hsm.policy_anchor))
+    with pytest.raises(ConfigError, match="wrong database or token"):
+        setup.init(config.load(other.config))
