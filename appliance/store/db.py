@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
@@ -138,12 +138,20 @@ class Database:
             try:
                 with self.engine.connect() as conn:
                     conn = conn.execution_options(immediate=True)
-                    with conn.begin():
-                        if len(batch) == 1:
-                            batch[0].result = batch[0].fn(conn)
-                        else:
-                            for p in batch:
-                                _run_in_savepoint(conn, p)
+                    conn.info[_BUFFERS] = {}
+                    try:
+                        with conn.begin():
+                            if len(batch) == 1:
+                                batch[0].result = batch[0].fn(conn)
+                            else:
+                                for p in batch:
+                                    _run_in_savepoint(conn, p)
+                            try:
+                                flush_buffers(conn)
+                            except sa_exc.IntegrityError as exc:  # not a caller's conflict: fail them all
+                                raise _FlushFailed from exc
+                    finally:
+                        conn.info.pop(_BUFFERS, None)  # info outlives the checkout: never leak into the next one
                 return
             except sa_exc.DBAPIError as exc:
                 if isinstance(exc, sa_exc.IntegrityError) and len(batch) == 1:
@@ -157,6 +165,9 @@ class Database:
                 return
             except sa_exc.SQLAlchemyError as exc:
                 self._fail_all(batch, exc)
+                return
+            except _FlushFailed as exc:
+                self._fail_all(batch, exc.__cause__ or exc)
                 return
             except Exception as exc:  # fn's own error (single item): it reaches its caller, nothing was written
                 batch[0].error = exc
@@ -200,16 +211,72 @@ class _Pending(Generic[T]):
 
 
 def _run_in_savepoint(conn: Connection, p: _Pending[Any]) -> None:
-    """Run one caller's fn so that its failure rolls back only its own changes."""
+    """Run one caller's fn so that its failure rolls back only its own changes (buffered ones included)."""
+    buffers: dict[str, WriteBuffer] = conn.info.get(_BUFFERS, {})
+    marks = {key: buf.mark() for key, buf in buffers.items()}
     try:
         with conn.begin_nested():
             p.result = p.fn(conn)
     except sa_exc.IntegrityError as exc:
+        _reset_buffers(buffers, marks)
         p.error = exc
     except sa_exc.SQLAlchemyError:
         raise  # the connection or the store failed: the whole batch fails
     except Exception as exc:  # noqa: BLE001 - the caller's own error (e.g. a 409): it reaches that caller only
+        _reset_buffers(buffers, marks)
         p.error = exc
+
+
+class _FlushFailed(Exception):
+    """Writing the buffered rows violated a constraint: a store fault, not any one caller's conflict."""
+
+
+# -- write-behind buffers ---------------------------------------------------------------------------------------
+
+_BUFFERS = "appliance.write_buffers"
+
+
+class WriteBuffer(Protocol):
+    """Rows a repository collects during a write transaction and writes in one go just before it commits.
+
+    Only connections of Database.write() carry buffers; a savepoint that rolls back resets them to the
+    mark taken when it began, and a buffer created inside it is dropped (with the locks its first read took).
+    """
+
+    def mark(self) -> object: ...
+
+    def reset(self, mark: object) -> None: ...
+
+    def flush(self, conn: Connection) -> None: ...
+
+
+def get_buffer(conn: Connection, key: str) -> WriteBuffer | None:
+    """The buffer under key in this write transaction, or None (also when conn does not buffer at all)."""
+    buffers: dict[str, WriteBuffer] | None = conn.info.get(_BUFFERS)
+    return None if buffers is None else buffers.get(key)
+
+
+def add_buffer(conn: Connection, key: str, buffer: WriteBuffer) -> bool:
+    """Register a buffer to be flushed before commit; False when conn is not a Database.write() connection."""
+    buffers: dict[str, WriteBuffer] | None = conn.info.get(_BUFFERS)
+    if buffers is None:
+        return False
+    buffers[key] = buffer
+    return True
+
+
+def flush_buffers(conn: Connection) -> None:
+    """Write every buffered row now (before commit, or before a read that must see them)."""
+    for buf in list(conn.info.get(_BUFFERS, {}).values()):
+        buf.flush(conn)
+
+
+def _reset_buffers(buffers: dict[str, WriteBuffer], marks: dict[str, object]) -> None:
+    for key in list(buffers):
+        if key in marks:
+            buffers[key].reset(marks[key])
+        else:
+            del buffers[key]
 
 
 def _reason(exc: BaseException) -> str:

@@ -142,3 +142,93 @@ def test_storage_unreachable_is_storage_unavailable() -> None:
     database = Database("postgresql://postgres@127.0.0.1:1/none", timeout_seconds=1.0)
     with pytest.raises(StorageUnavailable):
         database.ping()
+
+
+def _entries_and_head(store: Database) -> tuple[list[str], audit_repo.TreeHead]:
+    with store.read() as conn:
+        rows = audit_repo.entries(conn, 0, 10_000)
+        return rows, audit_repo.head(conn)
+
+
+def test_a_failing_caller_in_a_group_commit_loses_only_its_own_entries(store: Database) -> None:
+    """Appends are buffered and written once per group commit; a caller whose fn fails takes back only its own."""
+    gate, inside = threading.Event(), threading.Event()
+
+    def blocker(conn: object) -> None:
+        inside.set()
+        gate.wait(1.5)
+
+    def caller(n: int) -> object:
+        def run(conn: object) -> int:
+            head = audit_repo.lock_head(conn)  # type: ignore[arg-type]
+            for k in range(2):
+                audit_repo.append(conn, "test", canonical_json({"index": head.size + k, "n": n}), 0,  # type: ignore[arg-type]
+                                  audit_repo.lock_head(conn))  # type: ignore[arg-type]
+            if n % 3 == 0:
+                raise ValueError(f"caller {n} refused after appending")
+            return head.size
+        return run
+
+    outcomes: dict[int, object] = {}
+
+    def worker(n: int) -> None:
+        try:
+            outcomes[n] = store.write(caller(n))  # type: ignore[arg-type]
+        except ValueError as exc:
+            outcomes[n] = exc
+
+    first = threading.Thread(target=lambda: store.write(blocker))  # type: ignore[arg-type]
+    first.start()
+    assert inside.wait(5)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(store._queue) < 12 and time.monotonic() < deadline:  # noqa: SLF001 - all 12 wait for one batch
+        time.sleep(0.005)
+    gate.set()
+    for t in [first, *threads]:
+        t.join()
+
+    refused = [n for n in range(12) if isinstance(outcomes[n], ValueError)]
+    assert refused == [0, 3, 6, 9]
+    entries, head = _entries_and_head(store)
+    assert head.size == len(entries) == 2 * 8
+    assert [json_index(e) for e in entries] == list(range(16))
+    assert sorted(outcomes[n] for n in range(12) if n not in refused) == list(range(0, 16, 2))  # type: ignore[type-var]
+    assert {f'"n":{n}' in "".join(entries) for n in refused} == {False}
+    assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
+
+
+def json_index(entry: str) -> int:
+    import json
+
+    return int(json.loads(entry)["index"])
+
+
+def test_reads_inside_a_write_transaction_see_its_buffered_entries(store: Database) -> None:
+    def run(conn: object) -> tuple[int, list[str]]:
+        for k in range(3):
+            audit_repo.append(conn, "test", canonical_json({"index": k}), 0)  # type: ignore[arg-type]
+        return audit_repo.head(conn).size, audit_repo.entries(conn, 0, 3)  # type: ignore[arg-type]
+
+    size, entries = store.write(run)  # type: ignore[arg-type]
+    assert size == 3 and len(entries) == 3
+    assert _entries_and_head(store)[1].size == 3
+
+
+def test_a_conflict_while_writing_buffered_entries_fails_closed_and_leaks_nothing(store: Database) -> None:
+    """A constraint violation at flush time is a store fault (503), never mistaken for the caller's conflict."""
+    append(store, 1)
+
+    def sneaky(conn: object) -> None:
+        audit_repo.append(conn, "test", canonical_json({"index": 1}), 0)  # type: ignore[arg-type]
+        conn.execute(insert(audit_entries).values(idx=1, action="x", entry="{}", leaf_hash=b"\0" * 32,  # type: ignore[attr-defined]
+                                                  created_at=0))
+
+    with pytest.raises(StorageUnavailable):
+        store.write(sneaky)  # type: ignore[arg-type]
+    entries, head = _entries_and_head(store)
+    assert head.size == len(entries) == 1
+    assert append(store, 2) == 1  # the next transaction starts from the stored head, not a stale buffer
+    assert _entries_and_head(store)[1].size == 2
