@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from appliance.commands import url_option
 from appliance.errors import ApplianceError, VerificationFailed
 
 EXIT_FAILED = 1
@@ -144,6 +145,7 @@ def keys() -> None:
 
 @keys.command("export")
 @click.option("--format", "fmt", type=click.Choice(["jwks", "pem", "note"]), default="jwks")
+@url_option
 @click.pass_obj
 def keys_export(obj: Context, fmt: str) -> None:
     """Print the public keys: a JWKS, PEM for openssl, or the audit signed-note verifier key.

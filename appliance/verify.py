@@ -14,7 +14,7 @@ from appliance.domain import attestation, jose, merkle
 from appliance.domain import checkpoint as notes
 from appliance.domain.canonical import canonical_json, parse_json_strict
 from appliance.domain.liabilities import verify_proof
-from appliance.errors import Problem, VerificationFailed
+from appliance.errors import InvalidInput, Problem, VerificationFailed
 
 AUDIT_PAGE = 1000
 
@@ -93,8 +93,11 @@ def verify_attestation(jws: str, jwks: dict[str, Any], prev: str | None = None) 
     """Signature (ES256 by a key of the JWKS, kid = thumbprint, typ), recomputed sums and coverage, and the
     link to `prev` when given. Returns the payload; raises VerificationFailed listing every failure."""
     token = jws.strip()
-    parsed = jose.verify_compact(token, jwks, algs={"ES256"}, typ=ATTESTATION_TYP, location="attestation")
-    payload = parse_json_strict(parsed.payload, "attestation.payload")
+    try:
+        parsed = jose.verify_compact(token, jwks, algs={"ES256"}, typ=ATTESTATION_TYP, location="attestation")
+        payload = parse_json_strict(parsed.payload, "attestation.payload")
+    except InvalidInput as exc:  # malformed: not an attestation at all, which is a failed verification too
+        raise VerificationFailed(f"not a valid attestation JWS: {exc}") from exc
     if not isinstance(payload, dict):
         raise VerificationFailed("the attestation payload is not a JSON object")
     failures = list(attestation.check_payload(payload))
@@ -109,16 +112,17 @@ def verify_attestation(jws: str, jwks: dict[str, Any], prev: str | None = None) 
     return payload
 
 
-def verify_chain(tokens: Sequence[str], jwks: dict[str, Any]) -> list[dict[str, Any]]:
+def verify_chain(tokens: Sequence[str], jwks: dict[str, Any], names: Sequence[str] | None = None
+                 ) -> list[dict[str, Any]]:
     """Every attestation verifies and together they form one chain from seq 1: no gap, every prev right,
-    as_of increasing. Returns the payloads in seq order."""
+    as_of increasing. Returns the payloads in seq order. `names` (e.g. file names) label the failures."""
     failures: list[str] = []
     items: list[tuple[str, dict[str, Any]]] = []
     for i, token in enumerate(tokens):
         try:
             items.append((token.strip(), verify_attestation(token, jwks)))
         except VerificationFailed as exc:
-            failures.append(f"item {i}: {exc}")
+            failures.append(f"{names[i] if names else f'item {i}'}: {exc}")
     failures += attestation.check_chain(items)
     if failures:
         raise VerificationFailed("the attestation chain does not hold", [_problem(f) for f in failures])

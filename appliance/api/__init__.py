@@ -33,11 +33,14 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
     @app.after_request
     def _observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - g.get("started", 0.0))
+        method = request.method if request.method in _METHODS else "other"  # labels stay bounded
+        metrics.HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - g.get("started", 0.0))
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
     return app
 
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

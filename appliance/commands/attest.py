@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from appliance.client import Client
+from appliance.commands import url_option
 from appliance.operator import check_enrolled, load_key, sign_request
 from appliance.services import auth
 
@@ -30,6 +31,7 @@ def _json_file(path: Path) -> Any:
               help="CSV account,balance for the proof of liabilities")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="also write the compact JWS here")
 @click.option("--json", "as_json", is_flag=True, help='print {"seq", "jws"}')
+@url_option
 @click.pass_context
 def attest(ctx: click.Context, operator: str, key: str, reserves_file: Path, supply_file: Path,
            holders_file: Path | None, out: Path | None, as_json: bool) -> None:
@@ -55,6 +57,7 @@ def attestations() -> None:
 
 @attestations.command("fetch")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@url_option
 @click.pass_context
 def fetch(ctx: click.Context, directory: Path) -> None:
     """Download every attestation (as SEQ.jws) and the JWKS into DIRECTORY, for offline verification."""

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from appliance.client import Client
+from appliance.commands import url_option
 from appliance.verify import verify_log
 
 
@@ -44,6 +45,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
               help="remembers the last verified checkpoint (created if missing)")
 @click.option("--key", help="the audit key's signed-note verifier key (default: the state file's)")
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def verify(ctx: click.Context, state_path: Path | None, key: str | None, as_json: bool) -> None:
     """Fetch checkpoint and entries, recompute the tree, check consistency with the last checkpoint seen."""

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from appliance.client import Client
+from appliance.commands import url_option
 from appliance.domain import amounts, eip712
 from appliance.errors import VerificationFailed
 from appliance.operator import check_enrolled, load_key, sign_request
@@ -64,6 +65,7 @@ def describe(req: dict[str, Any]) -> str:
 @click.option("--amount", required=True, help="amount in base units (decimal string)")
 @click.option("--chain-id", type=int, help="chain (default: the one the recipient is allowlisted on)")
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, chain_id: int | None,
             as_json: bool) -> None:
@@ -88,6 +90,7 @@ def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, c
 @click.option("--reject", is_flag=True, help="reject (veto) instead of approving")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation (scripts)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON (implies --yes)")
+@url_option
 @click.pass_context
 def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject: bool, yes: bool,
             as_json: bool) -> None:
@@ -116,6 +119,7 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
 @mint.command("show")
 @click.argument("request_id")
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def show(ctx: click.Context, request_id: str, as_json: bool) -> None:
     """A request, its approvals, status, and the authorization once issued."""
@@ -127,6 +131,7 @@ def show(ctx: click.Context, request_id: str, as_json: bool) -> None:
 @click.option("--status", type=click.Choice(["pending", "authorized", "rejected", "cancelled", "expired"]))
 @click.option("--limit", type=click.IntRange(1, 200), default=50)
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def list_requests(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
     """Requests, newest first."""
@@ -145,6 +150,7 @@ def list_requests(ctx: click.Context, status: str | None, limit: int, as_json: b
 @click.option("--operator", required=True)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def cancel(ctx: click.Context, request_id: str, operator: str, key: str, as_json: bool) -> None:
     """Cancel a pending request (its requester or a security admin)."""

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from appliance.client import Client
+from appliance.commands import url_option
 from appliance.operator import check_enrolled, load_key, sign_request
 from appliance.services import auth
 
@@ -33,6 +34,7 @@ def _toml(path: Path) -> dict[str, Any]:
 @click.option("--operator", required=True)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, operator: str, key: str,
             as_json: bool) -> None:
@@ -52,6 +54,7 @@ def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, 
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--reject", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, reject: bool, as_json: bool) -> None:
     """Approve (or reject) a proposed bundle by its id; the bundle hash is signed too."""
@@ -70,6 +73,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
 
 @policy.command("show")
 @click.option("--json", "as_json", is_flag=True)
+@url_option
 @click.pass_context
 def show(ctx: click.Context, as_json: bool) -> None:
     """The active bundle, its hash, and pending proposals."""

@@ -70,11 +70,12 @@ def attestation(file: Path, jwks_file: Path, prev_file: Path | None, as_json: bo
 @click.option("--json", "as_json", is_flag=True)
 def chain(directory: Path, jwks_file: Path, as_json: bool) -> None:
     """A whole history (every *.jws in DIRECTORY): no gaps in seq, every prev right, as_of increasing."""
-    tokens = [_read(p) for p in sorted(directory.glob("*.jws"))]
+    files = sorted(directory.glob("*.jws"))
+    tokens = [_read(p) for p in files]
     if not tokens:
         raise click.ClickException(f"no *.jws files in {directory}")
     try:
-        payloads = offline.verify_chain(tokens, _jwks(jwks_file))
+        payloads = offline.verify_chain(tokens, _jwks(jwks_file), [p.name for p in files])
     except VerificationFailed as exc:
         _report(False, as_json, {"directory": str(directory)}, exc)
         return

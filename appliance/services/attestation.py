@@ -194,6 +194,8 @@ class AttestationService:
     # -- reading --------------------------------------------------------------------------------------------
 
     def get(self, seq: int) -> str:
+        if not 1 <= seq < 2**63:  # beyond any stored seq (and beyond what the store's integers can hold)
+            raise NotFound(f"no attestation {seq}")
         with self.app.db.read() as conn:
             row = conn.execute(select(attestations.c.jws).where(attestations.c.seq == seq,
                                                                  attestations.c.jws != "")).first()

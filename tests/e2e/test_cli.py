@@ -122,6 +122,16 @@ def test_a_refused_request_prints_the_reason_and_exits_non_zero(service: Service
     assert out.returncode != 0 and "not the key enrolled for bob" in out.stderr
 
 
+def test_commands_that_talk_to_the_service_take_url(service: Service, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    env["APPLIANCE_URL"] = "http://127.0.0.1:9"  # nothing listens there: --url must win
+    out = run("audit", "verify", "--url", service.url, "--state", str(tmp_path / "st.json"), env=env)
+    assert "OK:" in out.stdout
+    listed = json.loads(run("mint", "list", "--url", service.url, "--json", env=env).stdout)
+    assert "items" in listed
+    assert "keys" in json.loads(run("keys", "export", "--url", service.url, env=env).stdout)
+
+
 def test_audit_verify_then_a_hand_edited_database_fails(service: Service) -> None:
     state = service.directory / "audit-state.json"
     first = service.cli("audit", "verify", "--state", str(state))

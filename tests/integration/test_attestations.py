@@ -268,3 +268,28 @@ def test_the_reserve_guard_gates_mints(h: Harness) -> None:
     assert h.request(amount=str(4_000_000 * 10**6)).status_code == 201
     h.clock.advance(172801)  # the attestation grows stale
     assert "older than" in json.dumps(h.request(amount="1000000").get_json())
+
+
+def test_verify_cli_reports_a_malformed_file_by_name_as_a_failed_verification(h: Harness, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    reserves, supply, _ = inputs(h)
+    (tmp_path / "1.jws").write_text(attest(h, reserves, supply).get_json()["jws"])
+    (tmp_path / "2.jws").write_text("this is not a JWS")
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks(h)))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["verify", "chain", str(tmp_path), "--jwks", str(tmp_path / "jwks.json"), "--json"])
+    assert out.exit_code == 1, out.output
+    body = json.loads(out.output)
+    assert body["valid"] is False and any("2.jws" in f for f in body["failures"])
+    single = runner.invoke(cli, ["verify", "attestation", str(tmp_path / "2.jws"), "--jwks",
+                                 str(tmp_path / "jwks.json"), "--json"])
+    assert single.exit_code == 1 and json.loads(single.output)["valid"] is False
+
+
+@pytest.mark.parametrize("seq", ["9223372036854775808", "99999999999999999999999", "0"])
+def test_an_out_of_range_seq_is_not_found_not_a_500(h: Harness, seq: str) -> None:
+    response = h.client.get(f"/v1/attestations/{seq}")
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"

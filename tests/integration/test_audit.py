@@ -290,6 +290,14 @@ def test_metrics_pass_promtool_and_show_activity(h: Harness) -> None:
     assert 'route="/v1/mint-requests/<request_id>/approvals"' in text  # bounded: the rule, never the id
 
 
+def test_http_metric_labels_stay_bounded_for_invented_methods(h: Harness) -> None:
+    for method in ("FOO1", "BAR2", "X" * 100):
+        assert h.client.open("/healthz", method=method).status_code == 405
+    text = h.client.get("/metrics").get_data(as_text=True)
+    assert "FOO1" not in text and "BAR2" not in text and "X" * 100 not in text
+    assert 'method="other"' in text
+
+
 def test_alert_rules_pass_promtool() -> None:
     rules = ROOT / "firmware-config" / "prometheus" / "alerts.yml"
     result = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True)

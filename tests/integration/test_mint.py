@@ -190,6 +190,22 @@ def test_a_rejection_vetoes_the_request(h: Harness) -> None:
     req = created(h)
     assert h.approve("bob", req, decision="reject").get_json()["status"] == "rejected"
     assert h.approve("carol", req).status_code == 409
+    actions = _audit_actions(h)
+    assert ("mint.rejected", req["id"]) in actions
+
+
+def _audit_actions(h: Harness) -> list[tuple[str, str]]:
+    from appliance.services.audit import AuditLog
+
+    head = AuditLog(h.app_ctx).head().size
+    entries = h.client.get(f"/v1/audit/entries?start=0&end={head}").get_json()["entries"]
+    return [(e["action"], e["subject"]) for e in entries]
+
+
+def test_approvals_are_audited_as_approved(h: Harness) -> None:
+    req = created(h)
+    h.approve("bob", req)
+    assert ("mint.approved", req["id"]) in _audit_actions(h)
 
 
 @pytest.mark.parametrize("amount", [

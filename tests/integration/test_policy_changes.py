@@ -70,6 +70,11 @@ def test_a_rejection_by_an_admin_ends_the_proposal(h: Harness) -> None:
     proposal = propose(h, policy, None).get_json()
     assert vote(h, proposal, "frank", "reject").get_json()["status"] == "rejected"
     assert vote(h, proposal, "erin").status_code == 409
+    from appliance.services.audit import AuditLog
+
+    head = AuditLog(h.app_ctx).head().size
+    actions = [e["action"] for e in h.client.get(f"/v1/audit/entries?start=0&end={head}").get_json()["entries"]]
+    assert "policy.rejected" in actions and not any(a.endswith("rejectd") for a in actions)
 
 
 def test_editing_the_toml_on_disk_changes_nothing(h: Harness) -> None:
