@@ -24,7 +24,7 @@ from appliance.domain import reserves
 from appliance.domain.canonical import canonical_json
 from appliance.domain.jose import parse_compact
 from appliance.domain.liabilities import LiabilityTree
-from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound
+from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound, Problem
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
@@ -36,6 +36,8 @@ from appliance.store.tables import attestations
 TYP = "reserve-attestation+jws"
 REQUESTER_ROLES = frozenset({"treasury", "auditor"})
 AS_OF_SKEW_SECONDS = 86400  # reserve report and supply snapshot must describe the same day
+FUTURE_AS_OF_SECONDS = 300  # clock skew allowed for as_of; a later one would block every real as_of after it
+ABANDONED_AFTER_SECONDS = 30  # an unsigned reservation this old lost its signer (HSM or store failure)
 MAX_LIST = 200
 
 
@@ -103,12 +105,17 @@ class AttestationService:
         digest = att.figures_digest(report, supply, liabilities)
         as_of = _utc(report.as_of)
         now = self.app.now()
+        latest_allowed = max(report.as_of, supply.as_of).timestamp()
+        if latest_allowed > now + FUTURE_AS_OF_SECONDS:
+            raise InvalidInput("as_of is in the future", [Problem("reserves.as_of", f"{as_of} is later than now "
+                                                                  f"({_utc(datetime.fromtimestamp(now, UTC))})")])
         checkpoint = self._checkpoint()
 
         def reserve(conn: Connection) -> tuple[str, Any]:
             audit_repo.lock_head(conn)  # serializes attestations across threads and instances
             if token is not None:
                 auth.consume_jti(conn, token, now)
+            self._drop_abandoned(conn, now)
             same = conn.execute(select(attestations).where(attestations.c.as_of == as_of)).first()
             last = conn.execute(select(attestations).where(attestations.c.jws != "")
                                 .order_by(attestations.c.seq.desc()).limit(1)).first()
@@ -170,6 +177,16 @@ class AttestationService:
         except ApplianceError:
             pass  # the periodic checkpoint covers it; the attestation is durable
         return {"seq": seq, "jws": jws, "as_of": payload["as_of"], "status": payload["status"], "created": True}
+
+    def _drop_abandoned(self, conn: Connection, now: int) -> None:
+        """Remove a reservation whose signature was never stored (its JWS was never returned to anyone)."""
+        cutoff = now - ABANDONED_AFTER_SECONDS
+        stale = conn.execute(select(attestations.c.seq).where(attestations.c.jws == "",
+                                                               attestations.c.issued_at <= cutoff)).all()
+        for row in stale:
+            conn.execute(delete(attestations).where(attestations.c.seq == row.seq, attestations.c.jws == ""))
+            self.audit.record(conn, actor="appliance", action="attestation.abandoned", subject=str(row.seq),
+                              details={"reason": "reserved but never signed and stored"}, policy_hash=None)
 
     def _checkpoint(self) -> dict[str, Any]:
         """Size and root of the latest signed checkpoint (one is signed after every signing event)."""

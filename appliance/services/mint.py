@@ -138,7 +138,8 @@ class MintService:
     def _reserve_reasons(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int) -> list[str]:
         if not bundle.policy.reserve_guard.enabled:
             return []
-        row = conn.execute(select(attestations).order_by(attestations.c.seq.desc()).limit(1)).first()
+        row = conn.execute(select(attestations).where(attestations.c.jws != "")  # signed ones only
+                           .order_by(attestations.c.seq.desc()).limit(1)).first()
         if row is None:
             return reserve_guard_reasons(bundle.policy, None, authorized_since=0, amount=amount, now=now)
         token_dec = self.app.settings.token_decimals
@@ -443,10 +444,31 @@ class MintService:
                                     .where(mint_authorizations.c.request_id == request_id)).first()
             row = self._row(conn, request_id)
         if reserved is not None:
-            if self.app.now() - reserved.reserved_at >= RECOVERY_AFTER_SECONDS:
+            if self.app.now() - reserved.reserved_at >= RECOVERY_AFTER_SECONDS and self._claim(
+                    request_id, reserved.reserved_at, row.policy_hash):
                 return self._sign(request_id)
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
         raise Conflict(f"request {request_id} is {row.status}: no authorization has been issued")
+
+    def _claim(self, request_id: str, seen_reserved_at: int, policy_hash: str) -> bool:
+        """Take over a stale unsigned reservation (compare-and-set on reserved_at), durably and audited.
+
+        Of several callers recovering the same reservation at once only one wins, so the HSM signs once."""
+        now = self.app.now()
+
+        def claim(conn: Connection) -> bool:
+            taken = conn.execute(update(mint_authorizations)
+                                 .where(mint_authorizations.c.request_id == request_id,
+                                        mint_authorizations.c.signature.is_(None),
+                                        mint_authorizations.c.reserved_at == seen_reserved_at)
+                                 .values(reserved_at=now)).rowcount == 1
+            if taken:
+                self.audit.record(conn, actor="appliance", action="mint.authorization.recovered",
+                                  subject=request_id, details={"reserved_at": seen_reserved_at},
+                                  policy_hash=policy_hash)
+            return taken
+
+        return bool(self.app.db.write(claim, "mint-reserve"))
 
     # -- reading --------------------------------------------------------------------------------------------
 

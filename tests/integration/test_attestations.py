@@ -36,6 +36,14 @@ def later(data: dict[str, Any], as_of: str) -> dict[str, Any]:
 
 def attest(h: Harness, reserves: dict[str, Any], supply: dict[str, Any], holders: str | None = None,
            by: str = "grace") -> Any:
+    from datetime import datetime
+
+    for data in (reserves, supply):  # the inputs describe the past: let the clock reach their as_of
+        try:
+            as_of = datetime.fromisoformat(str(data["as_of"]).replace("Z", "+00:00")).timestamp()
+        except (KeyError, TypeError, ValueError):
+            continue
+        h.clock.now = max(h.clock.now, as_of + 60)
     token = h.jws(by, auth.TYP_ATTESTATION_REQUEST, {"reserves": reserves, "supply": supply, "holders_csv": holders})
     return h.client.post("/v1/attestations", json={"jws": token})
 
@@ -293,3 +301,41 @@ def test_verify_cli_reports_a_malformed_file_by_name_as_a_failed_verification(h:
 def test_an_out_of_range_seq_is_not_found_not_a_500(h: Harness, seq: str) -> None:
     response = h.client.get(f"/v1/attestations/{seq}")
     assert response.status_code == 404 and response.mimetype == "application/problem+json"
+
+
+def test_an_as_of_in_the_future_is_refused(h: Harness) -> None:
+    from datetime import UTC, datetime
+
+    reserves, supply, _ = inputs(h)
+    future = datetime.fromtimestamp(h.clock.now + 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    token = h.jws("grace", auth.TYP_ATTESTATION_REQUEST,
+                  {"reserves": later(reserves, future), "supply": later(supply, future), "holders_csv": None})
+    response = h.client.post("/v1/attestations", json={"jws": token})
+    assert response.status_code == 400 and "future" in response.get_json()["detail"]
+    assert h.client.get("/v1/attestations/latest").status_code == 404
+
+
+def test_a_store_failure_after_signing_does_not_block_attestations(h: Harness) -> None:
+    from appliance.errors import StorageUnavailable
+
+    reserves, supply, _ = inputs(h)
+    db = h.app_ctx.db
+    original = db.write
+
+    def failing(fn: Any, operation: str = "write", attempts: int = 5) -> Any:
+        if operation == "attestation-store":
+            raise StorageUnavailable("storage attestation-store failed: disk full (simulated)")
+        return original(fn, operation, attempts)
+
+    db.write = failing  # type: ignore[method-assign]
+    try:
+        assert attest(h, reserves, supply).status_code == 503
+    finally:
+        db.write = original  # type: ignore[method-assign]
+    assert h.client.get("/v1/attestations/1").status_code == 404  # nothing partial is published
+    assert attest(h, reserves, supply).status_code == 409  # may still be in flight elsewhere
+    h.clock.advance(31)
+    again = attest(h, reserves, supply)
+    assert again.status_code == 201, again.get_json()
+    assert again.get_json()["seq"] == 1
+    assert offline.verify_attestation(again.get_json()["jws"], jwks(h))["seq"] == 1

@@ -361,6 +361,48 @@ def test_hsm_failure_after_reservation_is_recovered_once(h: Harness) -> None:
                                    signature=authz["signature"]) == authz["signer"]
 
 
+def test_concurrent_recovery_of_a_stale_reservation_signs_once(h: Harness) -> None:
+    import threading
+
+    from appliance.errors import HsmUnavailable
+
+    req = created(h)
+    h.approve("bob", req)
+    signer = h.app_ctx.mint_signer
+    original = signer.sign_eth_digest
+
+    def broken(digest: bytes) -> bytes:
+        raise HsmUnavailable("HSM sign failed: DeviceRemoved (simulated)")
+
+    signer.sign_eth_digest = broken  # type: ignore[method-assign]
+    try:
+        assert h.approve("carol", req).status_code == 503
+    finally:
+        signer.sign_eth_digest = original  # type: ignore[method-assign]
+    h.clock.advance(31)
+    before = mint_signatures()
+    url = f"/v1/mint-requests/{req['id']}/authorization"
+    results: list[tuple[int, Any]] = []
+    start = threading.Barrier(6)
+
+    def ask() -> None:
+        client = h.client
+        start.wait()
+        response = client.get(url)
+        results.append((response.status_code, response.get_json()))
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert mint_signatures() - before == 1
+    assert {code for code, _ in results} <= {200, 409} and any(code == 200 for code, _ in results)
+    assert len({body["signature"] for code, body in results if code == 200}) == 1
+    actions = [a for a, subject in _audit_actions(h) if subject == req["id"]]
+    assert actions.count("mint.authorization.recovered") == 1
+
+
 # -- someone holding the database, but no officer's key, cannot mint ----------------------------------------------
 
 def _insert_approval(h: Harness, req: dict[str, Any], operator: str, jws: str) -> None:
