@@ -316,6 +316,34 @@ class PolicyBundle:
         return json_digest(self.to_json())
 
 
+def unreachable_quorums(bundle: PolicyBundle) -> list[Problem]:
+    """Quorums the bundle's own enabled operators could never meet; a bundle with any would lock out mints or
+    governance for good (a policy change needs the governance quorum too). Pure; raises nothing.
+
+    Necessary conditions only: enough enabled holders of the eligible roles, and of each required role."""
+    enabled = [op for op in bundle.operators if op.enabled]
+
+    def holders(roles: frozenset[str]) -> int:
+        return sum(1 for op in enabled if op.roles & roles)
+
+    problems: list[Problem] = []
+    governance = bundle.policy.governance
+    if holders(governance.eligible_roles) < governance.approvals:
+        problems.append(Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
+                                f"{' or '.join(_ordered(governance.eligible_roles))} but only "
+                                f"{holders(governance.eligible_roles)} enabled operators hold those roles"))
+    for i, tier in enumerate(bundle.policy.mint.tiers):
+        if holders(tier.eligible_roles) < tier.approvals:
+            problems.append(Problem(f"policy.mint.tiers[{i}].approvals", f"needs {tier.approvals} approvals but "
+                                    f"only {holders(tier.eligible_roles)} enabled operators are eligible"))
+        for role, count in tier.required:
+            if holders(frozenset({role})) < count:
+                problems.append(Problem(f"policy.mint.tiers[{i}].required.{role}",
+                                        f"needs {count} {role} but only {holders(frozenset({role}))} "
+                                        "enabled operators hold that role"))
+    return problems
+
+
 # -- parsing -------------------------------------------------------------------------------------------------------
 
 class _Problems:

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from appliance import metrics
 from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
-from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy
+from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy, unreachable_quorums
 from appliance.errors import (
     ConfigError,
     Conflict,
@@ -78,6 +78,9 @@ def checked(bundle: PolicyBundle) -> PolicyBundle:
             problems.extend(exc.problems or [Problem(where, exc.detail)])
     if problems:
         raise InvalidInput("operator keys are not valid", problems)
+    unreachable = unreachable_quorums(bundle)
+    if unreachable:
+        raise InvalidInput("the operators could never meet these quorums", unreachable)
     return bundle
 
 
@@ -150,21 +153,8 @@ class PolicyService:
             if i == 0:
                 continue
             previous = bundles[i - 1]
-            governance = previous.policy.governance
-            approvers, rejecters = set(), set()
-            for vote in conn.execute(select(policy_approvals.c.jws).where(policy_approvals.c.bundle_id == row.id)):
-                verified = auth.verify_stored(vote.jws, previous, auth.TYP_POLICY_APPROVAL)
-                if verified is None:
-                    continue
-                operator, payload = verified
-                if (not operator.enabled or not operator.roles & set(governance.eligible_roles)
-                        or payload.get("proposal") != row.id or payload.get("hash") != row.hash):
-                    continue
-                if payload.get("decision") == "approve":
-                    approvers.add(operator.name)
-                elif payload.get("decision") == "reject":
-                    rejecters.add(operator.name)
-            if rejecters or len(approvers) < governance.approvals:
+            approvers, rejecters = _tally(conn, row, previous)
+            if rejecters or len(approvers) < previous.policy.governance.approvals:
                 raise PolicyHistoryInvalid(f"policy bundle {row.hash} lacks a verifying quorum of the previous "
                                            "bundle's security admins")
 
@@ -312,12 +302,10 @@ class PolicyService:
 
     def _maybe_activate(self, conn: Connection, active: ActiveBundle, row: Any, now: int) -> dict[str, Any]:
         governance = active.bundle.policy.governance
-        eligible = {op.name for op in active.bundle.operators
-                    if op.enabled and op.roles & set(governance.eligible_roles)}
-        votes = conn.execute(select(policy_approvals.c.operator, policy_approvals.c.decision)
-                             .where(policy_approvals.c.bundle_id == row.id)).all()
-        approvers = {v.operator for v in votes if v.decision == "approve" and v.operator in eligible}
-        if any(v.decision == "reject" and v.operator in eligible for v in votes):
+        # Counted exactly as the history check will count them later: only votes whose stored JWS verifies
+        # under the active bundle's keys (an admin's key may have been rotated since they voted).
+        approvers, rejecters = _tally(conn, row, active.bundle)
+        if rejecters:
             conn.execute(update(policy_bundles).where(policy_bundles.c.id == row.id).values(status="rejected"))
             self.audit.record(conn, actor="appliance", action="policy.rejected", subject=row.hash,
                               details={"proposal": row.id}, policy_hash=active.hash)
@@ -333,6 +321,27 @@ class PolicyService:
                           details={"proposal": row.id, "previous": active.hash, "approvers": sorted(approvers)},
                           policy_hash=row.hash)
         return {"id": row.id, "hash": row.hash, "status": "active", "approvals": sorted(approvers)}
+
+
+def _tally(conn: Connection, row: Any, governing: PolicyBundle) -> tuple[set[str], set[str]]:
+    """(approvers, rejecters) of proposal `row` among `governing`'s enabled eligible operators, counting only
+    stored votes whose JWS verifies under `governing`'s keys and names this proposal and its hash."""
+    eligible_roles = set(governing.policy.governance.eligible_roles)
+    approvers: set[str] = set()
+    rejecters: set[str] = set()
+    for vote in conn.execute(select(policy_approvals.c.jws).where(policy_approvals.c.bundle_id == row.id)):
+        verified = auth.verify_stored(vote.jws, governing, auth.TYP_POLICY_APPROVAL)
+        if verified is None:
+            continue
+        operator, payload = verified
+        if (not operator.enabled or not operator.roles & eligible_roles
+                or payload.get("proposal") != row.id or payload.get("hash") != row.hash):
+            continue
+        if payload.get("decision") == "approve":
+            approvers.add(operator.name)
+        elif payload.get("decision") == "reject":
+            rejecters.add(operator.name)
+    return approvers, rejecters
 
 
 def _governance_text(bundle: PolicyBundle) -> str:

@@ -252,3 +252,43 @@ def test_the_anchor_is_in_the_token_and_another_database_cannot_claim_it(env: An
     other.config.write_text(text.replace(mine, settings.hsm.policy_anchor))
     with pytest.raises(ConfigError, match="wrong database or token"):
         setup.init(config.load(other.config))
+
+
+def test_a_vote_signed_with_a_since_rotated_key_does_not_count(h: Harness) -> None:
+    """erin votes on P2, then erin's key is rotated by another bundle: P2 must not activate on that stale vote
+    (it would not verify in the history check, and every later read would be refused)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from appliance.signing import SoftwareSigner
+
+    policy, operators = tables(h)
+    policy["name"] = "p2"
+    p2 = propose(h, policy, None).get_json()
+    assert vote(h, p2, "erin").get_json()["status"] == "proposed"
+    new_erin = SoftwareSigner.for_key(ed25519.Ed25519PrivateKey.generate())
+    rotated = copy.deepcopy(operators)
+    entries = rotated["operators"] if isinstance(rotated, dict) else rotated
+    for op in entries:
+        if op["name"] == "erin":
+            op["jwk"] = new_erin.public_jwk()
+    policy2, _ = tables(h)
+    policy2["name"] = "rotation"
+    enact(h, policy2, rotated)
+    h.signers["erin"] = new_erin
+    assert vote(h, p2, "frank").get_json()["status"] == "proposed"  # erin's old vote no longer counts
+    assert h.client.get("/v1/policy").status_code == 200
+    assert current(h)["active"]["bundle"]["policy"]["name"] == "rotation"
+    assert h.request(amount="1000").status_code == 201
+
+
+def test_a_proposal_that_would_lock_out_governance_is_refused(h: Harness) -> None:
+    policy, operators = tables(h)
+    policy["governance"]["approvals"] = 99
+    response = propose(h, policy, None)
+    assert response.status_code == 400
+    assert any(p["location"] == "policy.governance.approvals" for p in response.get_json()["errors"])
+    entries = operators["operators"] if isinstance(operators, dict) else operators
+    for op in entries:
+        if "security-admin" in op["roles"]:
+            op["enabled"] = False
+    assert propose(h, tables(h)[0], operators).status_code == 400

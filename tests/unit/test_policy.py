@@ -995,3 +995,35 @@ def test_firmware_config_example_policy_and_operators_parse() -> None:
 def test_firmware_config_operator_keys_are_public_members_only() -> None:
     for entry in load_toml("operators.toml")["operators"]:
         assert set(entry["jwk"]) <= {"kty", "crv", "x", "y"}
+
+
+# -- quorums the operators could never meet -----------------------------------------------------------------------
+
+def test_a_reachable_bundle_has_no_unreachable_quorums() -> None:
+    from appliance.domain.policy import unreachable_quorums
+
+    assert unreachable_quorums(bundle()) == []
+
+
+@pytest.mark.parametrize(("path", "value", "location"), [
+    (("governance", "approvals"), 3, "policy.governance.approvals"),  # erin and frank only
+    (("governance", "eligible_roles"), ["auditor"], "policy.governance.approvals"),  # grace only, needs 2
+    (("mint", "tiers", 0, "approvals"), 5, "policy.mint.tiers[0].approvals"),  # 4 enabled (hank is disabled)
+    (("mint", "tiers", 1, "required"), {"cfo": 3}, "policy.mint.tiers[1].required.cfo"),  # carol and dave
+])
+def test_a_quorum_the_enabled_operators_cannot_meet_is_reported(path: tuple[str | int, ...], value: Any,
+                                                                location: str) -> None:
+    from appliance.domain.policy import unreachable_quorums
+
+    found = unreachable_quorums(bundle(set_path(policy_dict(), path, value)))
+    assert [p.location for p in found] == [location]
+
+
+def test_disabled_operators_do_not_make_a_quorum_reachable() -> None:
+    from appliance.domain.policy import unreachable_quorums
+
+    ops = operators_dict()
+    for op in ops["operators"]:
+        if op["name"] == "frank":
+            op["enabled"] = False
+    assert [p.location for p in unreachable_quorums(bundle(None, ops))] == ["policy.governance.approvals"]
