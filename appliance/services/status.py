@@ -26,12 +26,12 @@ def readiness(app: Appliance) -> dict[str, dict[str, Any]]:
     """HSM session and keys usable; the store accepts a write transaction (so signing would not fail closed)."""
     from appliance.services import keys
 
-    return {"hsm": _check(lambda: keys.check(app)), "store": _check(app.db.ping)}
+    return {"hsm": _check(lambda: keys.check(app)), "store": _check(lambda: app.db.ping(audit_repo.touch_head))}
 
 
 def snapshot(app: Appliance) -> StateSnapshot:
     hsm_up = _check(app.hsm.ping)["ok"]
-    store_up = _check(app.db.ping)["ok"]
+    store_up = _check(lambda: app.db.ping(audit_repo.touch_head))["ok"]
     audit_entries = checkpoint_size = pending = 0
     last_time = ratio = None
     under: bool | None = None
@@ -43,8 +43,8 @@ def snapshot(app: Appliance) -> StateSnapshot:
             checkpoint_size = latest.size if latest else 0
             pending = conn.execute(select(func.count()).select_from(mint_requests)
                                    .where(mint_requests.c.status == "pending")).scalar_one()
-            row = conn.execute(select(attestations.c.issued_at, attestations.c.coverage_bps,
-                                      attestations.c.status).order_by(attestations.c.seq.desc()).limit(1)).first()
+            row = conn.execute(select(attestations.c.issued_at, attestations.c.coverage_bps, attestations.c.status)
+                               .where(attestations.c.jws != "").order_by(attestations.c.seq.desc()).limit(1)).first()
             if row is not None:
                 last_time = float(row.issued_at)
                 ratio = None if row.coverage_bps is None else row.coverage_bps / 10000

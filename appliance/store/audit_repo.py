@@ -64,6 +64,11 @@ def append(conn: Connection, action: str, entry: bytes, now: int, locked: TreeHe
     return buffer.head
 
 
+def touch_head(conn: Connection) -> None:
+    """A durable no-op write of the head row: fails on a read-only or full store (readiness probe)."""
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(size=audit_head.c.size))
+
+
 def lock_head(conn: Connection) -> TreeHead:
     """Read the head under the write lock (the index the next entry will get is `size`)."""
     return _buffer(conn).head

@@ -23,6 +23,7 @@ from appliance.errors import StorageUnavailable
 T = TypeVar("T")
 
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+PING = "ping"
 
 
 class Database:
@@ -182,14 +183,17 @@ class Database:
             p.result = None
 
     def _failed(self, operation: str) -> None:
-        if self.on_failure is not None:
+        if self.on_failure is not None and operation != PING:
             self.on_failure(operation)
 
-    def ping(self) -> None:
-        """Raise StorageUnavailable unless a write transaction can be started right now."""
-        def probe(conn: Connection) -> None:
+    def ping(self, probe: Callable[[Connection], object] | None = None) -> None:
+        """Raise StorageUnavailable unless a write transaction running `probe` commits right now.
+
+        Give a probe that writes (a no-op update) to also catch a read-only file or a full disk; the default
+        only checks that the write lock can be taken. A failed ping is not counted as a failed write."""
+        def select_one(conn: Connection) -> None:
             conn.exec_driver_sql("SELECT 1")
-        self.write(probe, "ping")
+        self.write(probe or select_one, PING)
 
     def dispose(self) -> None:
         self.engine.dispose()

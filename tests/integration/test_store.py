@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select, text
@@ -232,3 +233,22 @@ def test_a_conflict_while_writing_buffered_entries_fails_closed_and_leaks_nothin
     assert head.size == len(entries) == 1
     assert append(store, 2) == 1  # the next transaction starts from the stored head, not a stale buffer
     assert _entries_and_head(store)[1].size == 2
+
+
+def test_a_read_only_store_fails_the_readiness_probe(tmp_path: Path) -> None:
+    """A ping that only takes the write lock passes on a read-only file; the probe that writes does not."""
+    path = tmp_path / "ro.db"
+    writable = Database(f"sqlite:///{path}")
+    schema.upgrade(writable)
+    writable.write(audit_repo.ensure_head)
+    writable.ping(audit_repo.touch_head)
+    writable.dispose()
+    failures: list[str] = []
+    readonly = Database(f"sqlite:///file:{path}?mode=ro&uri=true", timeout_seconds=1.0)
+    readonly.on_failure = failures.append
+    try:
+        with pytest.raises(StorageUnavailable, match="readonly"):
+            readonly.ping(audit_repo.touch_head)
+        assert failures == []  # a failed probe is not a failed audit write
+    finally:
+        readonly.dispose()
