@@ -493,6 +493,29 @@ def parse_holders_csv(text: str, source: str = "holders.csv") -> list[tuple[str,
     return list(iter_holders_csv(text, source, check_duplicates=True))
 
 
+def check_supply_chains(supply: SupplySnapshot, configured: Mapping[int, str], source: str = "supply") -> None:
+    """The snapshot covers exactly the configured chains, each for the configured token contract (compared
+    exactly, so EIP-55 form included): a missing chain would understate supply, a foreign one overstate it.
+    configured: chain id -> token contract. InvalidInput lists every problem."""
+    problems: list[Problem] = []
+    seen = set()
+    for entry in supply.chains:
+        seen.add(entry.chain_id)
+        where = f"{source}: chains[chain_id={entry.chain_id}]"
+        expected = configured.get(entry.chain_id)
+        if expected is None:
+            problems.append(Problem(f"{where}.chain_id", f"chain {entry.chain_id} is not configured "
+                                    f"(configured: {', '.join(str(c) for c in sorted(configured))})"))
+        elif entry.contract != expected:
+            problems.append(Problem(f"{where}.contract", f"is not the token contract {expected} configured "
+                                    f"for chain {entry.chain_id}"))
+    for chain_id in sorted(set(configured) - seen):
+        problems.append(Problem(f"{source}: chains", f"configured chain {chain_id} has no supply entry"))
+    if problems:
+        raise InvalidInput(f"the supply snapshot does not match the configured chains ({len(problems)} "
+                           "problem(s))", problems)
+
+
 def check_consistency(report: ReserveReport, supply: SupplySnapshot, token_currency: str | None = None, *,
                       tolerance_seconds: int | None = None, currency: str | None = None,
                       max_skew_seconds: int | None = None) -> None:

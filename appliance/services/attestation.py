@@ -97,6 +97,7 @@ class AttestationService:
         supply = reserves.parse_supply_snapshot(supply_data, "supply")
         settings = self.app.settings
         reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
+        reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})
         tree = None
         if holders_csv is not None:
             tree = LiabilityTree.build(reserves.iter_holders_csv(holders_csv.splitlines(), "holders"),

@@ -339,3 +339,17 @@ def test_a_store_failure_after_signing_does_not_block_attestations(h: Harness) -
     assert again.status_code == 201, again.get_json()
     assert again.get_json()["seq"] == 1
     assert offline.verify_attestation(again.get_json()["jws"], jwks(h))["seq"] == 1
+
+
+def test_supply_on_a_chain_or_contract_not_configured_is_refused(h: Harness) -> None:
+    reserves, supply, _ = inputs(h)
+    foreign = copy.deepcopy(supply)
+    foreign["chains"].append({"chain_id": 424242, "contract": foreign["chains"][0]["contract"],
+                              "total_supply": "1"})
+    response = attest(h, reserves, foreign)
+    assert response.status_code == 400
+    assert any("424242" in e["location"] for e in response.get_json()["errors"])
+    wrong = copy.deepcopy(supply)
+    wrong["chains"][0]["contract"] = "0x" + "ab" * 20
+    assert attest(h, reserves, wrong).status_code == 400
+    assert h.client.get("/v1/attestations/latest").status_code == 404

@@ -336,3 +336,34 @@ def test_consistency_accepts_the_older_keyword_names_once() -> None:
         reserves.check_consistency(r, s, "HKD", currency="HKD", tolerance_seconds=0)
     with pytest.raises(TypeError):
         reserves.check_consistency(r, s, "HKD")
+
+
+# -- the supply snapshot against the configured chains ---------------------------------------------------------
+
+TOKEN_A = "0x" + "11" * 20
+TOKEN_B = "0x" + "22" * 20
+
+
+def chains_snapshot(*entries: tuple[int, str]) -> reserves.SupplySnapshot:
+    return reserves.parse_supply_snapshot({"as_of": AS_OF, "decimals": 6, "chains": [
+        {"chain_id": cid, "contract": contract, "total_supply": "1"} for cid, contract in entries]})
+
+
+def test_a_snapshot_of_exactly_the_configured_chains_passes() -> None:
+    reserves.check_supply_chains(chains_snapshot((1, TOKEN_A), (10, TOKEN_B)), {1: TOKEN_A, 10: TOKEN_B})
+
+
+def test_foreign_missing_and_wrong_contract_chains_are_each_reported() -> None:
+    def check(snapshot: reserves.SupplySnapshot) -> None:
+        reserves.check_supply_chains(snapshot, {1: TOKEN_A, 10: TOKEN_B, 56: TOKEN_A})
+
+    found = problems_of(check, chains_snapshot((1, TOKEN_B), (10, TOKEN_B), (424242, TOKEN_A)))
+    assert set(found) == {"supply: chains[chain_id=1].contract", "supply: chains[chain_id=424242].chain_id",
+                          "supply: chains"}
+    assert "56" in found["supply: chains"]
+
+
+def test_the_contract_is_compared_exactly() -> None:
+    checksummed = "0x57eDd9cf30f448adf17d83038999a9f488fE6E81"
+    with pytest.raises(InvalidInput):
+        reserves.check_supply_chains(chains_snapshot((1, checksummed.lower())), {1: checksummed})
