@@ -20,7 +20,7 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, not_, or_, select, update
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
@@ -286,8 +286,7 @@ class MintService:
     def _check_open(self, conn: Connection, row: Any, now: int) -> None:
         if row.status != "pending":
             raise Conflict(f"request {row.id} is {row.status}")
-        if now >= row.expires_at:
-            self._close(conn, row, "expired", "appliance", now, row.policy_hash, {})
+        if now >= row.expires_at:  # expiry follows from the clock: readers derive it (get, list) too
             raise Conflict(f"request {row.id} expired")
 
     def _close(self, conn: Connection, row: Any, status: str, by: str, now: int, policy_hash: str,
@@ -308,8 +307,7 @@ class MintService:
                 raise PolicyViolation("the cancellation names another request")
             if who.operator.name != row.requester and "security-admin" not in who.operator.roles:
                 raise Forbidden("only the requester or a security admin can cancel a request")
-            if row.status != "pending":
-                raise Conflict(f"request {request_id} is {row.status}")
+            self._check_open(conn, row, now)
             if conn.execute(select(mint_authorizations.c.request_id)
                             .where(mint_authorizations.c.request_id == request_id)).first() is not None:
                 raise Conflict(f"request {request_id} is being authorized")
@@ -502,15 +500,22 @@ class MintService:
                        mint_requests.c.chain_id, mint_requests.c.to_address, mint_requests.c.amount,
                        mint_requests.c.created_at, mint_requests.c.expires_at)
         count = select(func.count()).select_from(mint_requests)
+        now = self.app.now()
+        stored, open_ = mint_requests.c.status, mint_requests.c.expires_at > now
         if status is not None:
-            query = query.where(mint_requests.c.status == status)
-            count = count.where(mint_requests.c.status == status)
+            # A pending request past its TTL is expired (the same rule as get()).
+            condition = {"pending": and_(stored == "pending", open_),
+                         "expired": or_(stored == "expired", and_(stored == "pending", not_(open_)))
+                         }.get(status, stored == status)
+            query = query.where(condition)
+            count = count.where(condition)
         with self.app.db.read() as conn:
             total = conn.execute(count).scalar_one()
             rows = conn.execute(query.order_by(mint_requests.c.created_at.desc(), mint_requests.c.id)
                                 .limit(min(limit, MAX_LIST)).offset(offset)).all()
         return {"total": total, "items": [
-            {"id": r.id, "status": r.status, "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
+            {"id": r.id, "status": "expired" if r.status == "pending" and now >= r.expires_at else r.status,
+             "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
              "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
 
 

@@ -42,7 +42,8 @@ def snapshot(app: Appliance) -> StateSnapshot:
             latest = audit_repo.latest_checkpoint(conn)
             checkpoint_size = latest.size if latest else 0
             pending = conn.execute(select(func.count()).select_from(mint_requests)
-                                   .where(mint_requests.c.status == "pending")).scalar_one()
+                                   .where(mint_requests.c.status == "pending",
+                                          mint_requests.c.expires_at > app.now())).scalar_one()
             row = conn.execute(select(attestations.c.issued_at, attestations.c.coverage_bps, attestations.c.status)
                                .where(attestations.c.jws != "").order_by(attestations.c.seq.desc()).limit(1)).first()
             if row is not None:

@@ -286,6 +286,20 @@ def test_list_filters_by_status(h: Harness) -> None:
     assert h.client.get("/v1/mint-requests?status=bogus").status_code == 400
 
 
+def test_an_expired_request_lists_as_expired_and_cannot_be_cancelled(h: Harness) -> None:
+    req = created(h)
+    h.clock.advance(86400 * 2)  # past any request TTL the dev policy allows
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["status"] == "expired"
+    expired = h.client.get("/v1/mint-requests?status=expired").get_json()
+    assert [i["id"] for i in expired["items"]] == [req["id"]] and expired["total"] == 1
+    assert expired["items"][0]["status"] == "expired"
+    assert h.client.get("/v1/mint-requests?status=pending").get_json()["total"] == 0
+    jws = h.jws("alice", auth.TYP_MINT_CANCEL, {"request_id": req["id"]})
+    response = h.client.post(f"/v1/mint-requests/{req['id']}/cancel", json={"jws": jws})
+    assert response.status_code == 409 and "expired" in response.get_json()["detail"]
+    assert h.approve("bob", req).status_code == 409
+
+
 def test_concurrent_final_approvals_give_exactly_one_signature(h: Harness) -> None:
     exactly_once(h)
 
