@@ -428,7 +428,8 @@ class MintService:
                 "signer": auth_row.signer}
 
     def authorization(self, request_id: str) -> dict[str, Any]:
-        """The stored authorization; completes a reservation left unsigned by an earlier failure.
+        """The stored authorization; completes a reservation left unsigned by an earlier failure, or a pending
+        request whose quorum is met but whose signing was refused or failed earlier (everything re-evaluated).
 
         A reservation younger than RECOVERY_AFTER_SECONDS may still be in the hands of the thread that made
         it, so it is left alone (409): only a stale one is signed here.
@@ -446,7 +447,17 @@ class MintService:
                     request_id, reserved.reserved_at, row.policy_hash):
                 return self._sign(request_id)
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
-        raise Conflict(f"request {request_id} is {row.status}: no authorization has been issued")
+        if row.status == "pending" and self.app.now() < row.expires_at:
+            # Quorum may have been met while signing was refused (velocity, reserve guard) or failed (store
+            # down): asking again re-evaluates everything and signs if it all holds now.
+            issued = self.authorize(request_id)
+            if issued is not None:
+                return issued
+            raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
+        raise Conflict(f"request {request_id} is {self._status(row)}: no authorization has been issued")
+
+    def _status(self, row: Any) -> str:
+        return "expired" if row.status == "pending" and self.app.now() >= row.expires_at else str(row.status)
 
     def _claim(self, request_id: str, seen_reserved_at: int, policy_hash: str) -> bool:
         """Take over a stale unsigned reservation (compare-and-set on reserved_at), durably and audited.

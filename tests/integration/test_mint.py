@@ -286,6 +286,38 @@ def test_list_filters_by_status(h: Harness) -> None:
     assert h.client.get("/v1/mint-requests?status=bogus").status_code == 400
 
 
+def test_a_met_quorum_whose_signing_failed_is_completed_by_asking_again(h: Harness) -> None:
+    from appliance.errors import StorageUnavailable
+
+    req = created(h)
+    h.approve("bob", req)
+    db = h.app_ctx.db
+    original = db.write
+
+    def failing(fn: Any, operation: str = "write", attempts: int = 5) -> Any:
+        if operation == "mint-reserve":
+            raise StorageUnavailable("storage mint-reserve failed: database down (simulated)")
+        return original(fn, operation, attempts)
+
+    before = mint_signatures()
+    db.write = failing  # type: ignore[method-assign]
+    try:
+        assert h.approve("carol", req).status_code == 503  # the approval is stored, the reservation is not
+    finally:
+        db.write = original  # type: ignore[method-assign]
+    assert mint_signatures() == before
+    url = f"/v1/mint-requests/{req['id']}/authorization"
+    authz = h.client.get(url)
+    assert authz.status_code == 200, authz.get_json()
+    assert h.client.get(url).get_json() == authz.get_json()
+    assert mint_signatures() - before == 1
+    assert Account.recover_message(encode_typed_data(full_message=authz.get_json()["typedData"]),
+                                   signature=authz.get_json()["signature"]) == authz.get_json()["signer"]
+    other = created(h)
+    assert h.client.get(f"/v1/mint-requests/{other['id']}/authorization").status_code == 409  # not met: no sign
+    assert mint_signatures() - before == 1
+
+
 def test_an_expired_request_lists_as_expired_and_cannot_be_cancelled(h: Harness) -> None:
     req = created(h)
     h.clock.advance(86400 * 2)  # past any request TTL the dev policy allows
@@ -485,4 +517,6 @@ def test_a_request_edited_in_the_database_is_refused_at_signing(h: Harness) -> N
     assert response.status_code == 422, response.get_json()
     assert "does not match its requester's signed JWS" in json.dumps(response.get_json())
     assert mint_signatures() == before
-    assert h.client.get(f"/v1/mint-requests/{req['id']}/authorization").status_code == 409
+    again = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")  # asking again re-evaluates: refused
+    assert again.status_code == 422 and "does not match its requester's signed JWS" in json.dumps(again.get_json())
+    assert mint_signatures() == before
