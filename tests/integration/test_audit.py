@@ -25,8 +25,9 @@ from tests.helpers import Harness, metric
 class FlaskSource:
     """The auditor's view of the service, through the Flask test client instead of HTTP."""
 
-    def __init__(self, h: Harness) -> None:
+    def __init__(self, h: Harness, canonical: bool = False) -> None:
         self.c = h.client
+        self.format = "&format=canonical" if canonical else ""  # canonical: the exact texts, as the CLI reads
 
     def verifier_key(self) -> str:
         return self.c.get("/v1/audit/verifier-key").get_data(as_text=True).strip()
@@ -35,7 +36,7 @@ class FlaskSource:
         return self.c.get("/v1/audit/checkpoint").get_data(as_text=True)
 
     def audit_entries(self, start: int, end: int) -> list[dict[str, Any]]:
-        return self.c.get(f"/v1/audit/entries?start={start}&end={end}").get_json()["entries"]  # type: ignore[no-any-return]
+        return self.c.get(f"/v1/audit/entries?start={start}&end={end}{self.format}").get_json()["entries"]  # type: ignore[no-any-return]
 
     def consistency(self, old: int, new: int) -> dict[str, Any]:
         return self.c.get(f"/v1/audit/proof/consistency?old={old}&new={new}").get_json()  # type: ignore[no-any-return]
@@ -110,8 +111,9 @@ def test_a_clean_log_verifies_and_stays_consistent(h: Harness) -> None:
 
 
 def _expect_divergence(h: Harness, state: dict[str, Any], index: int) -> None:
-    with pytest.raises(VerificationFailed, match=f"at entry {index}"):
-        verify_log(FlaskSource(h), state)
+    for canonical in (False, True):  # entry objects, and the exact canonical texts `audit verify` fetches
+        with pytest.raises(VerificationFailed, match=f"at entry {index}"):
+            verify_log(FlaskSource(h, canonical), state)
 
 
 def test_edited_entry_is_detected_at_its_index(h: Harness) -> None:
@@ -242,6 +244,33 @@ def test_unwritable_audit_store_signs_nothing(h: Harness) -> None:
     # once the store is writable again, the same approvals go through and sign exactly once each
     assert h.client.post(f"/v1/mint-requests/{requests[0]['id']}/approvals",
                          json={"jws": final[0]}).get_json()["status"] == "authorized"
+
+
+def test_unwritable_store_signs_no_attestation(h: Harness) -> None:
+    """The attestation's reservation (seq, prev, audit entry) is the first write: it fails, nothing is signed."""
+    import json as _json
+
+    from appliance.services import auth
+
+    reports = h.directory / "reports"
+    body = {"reserves": _json.loads((reports / "reserves.json").read_text()),
+            "supply": _json.loads((reports / "supply.json").read_text()), "holders_csv": None}
+    h.app_ctx.db.timeout = 0.05
+    before_sig = metric("appliance_signatures_total", key="attestation", outcome="ok")
+    before_fail = metric("appliance_audit_write_failures_total", operation="attestation-reserve")
+    release, thread = hold_write_lock(h)
+    try:
+        statuses = [h.client.post("/v1/attestations", json={
+            "jws": h.jws("grace", auth.TYP_ATTESTATION_REQUEST, body)}).status_code for _ in range(5)]
+    finally:
+        release.set()
+        thread.join()
+    assert statuses == [503] * 5
+    assert metric("appliance_signatures_total", key="attestation", outcome="ok") == before_sig
+    assert metric("appliance_audit_write_failures_total", operation="attestation-reserve") - before_fail == 5
+    assert h.client.get("/v1/attestations/latest").status_code == 404
+    ok = h.client.post("/v1/attestations", json={"jws": h.jws("grace", auth.TYP_ATTESTATION_REQUEST, body)})
+    assert ok.status_code == 201 and ok.get_json()["seq"] == 1
 
 
 def test_reservation_is_durable_before_the_hsm_signs(h: Harness) -> None:
