@@ -10,15 +10,20 @@ import click
 
 from appliance.client import Client
 from appliance.commands import url_option
+from appliance.domain.canonical import parse_json_strict
+from appliance.errors import InvalidInput
 from appliance.operator import check_enrolled, load_key, sign_request
 from appliance.services import auth
 
 
 def _json_file(path: Path) -> Any:
+    """The file's JSON, parsed as strictly as the service would (duplicate keys, floats, BOM refused)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
+        return parse_json_strict(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror}") from exc
+    except InvalidInput as exc:
+        raise click.ClickException("; ".join(str(p) for p in exc.problems) or f"{path}: {exc}") from exc
 
 
 @click.command("attest")

@@ -35,6 +35,12 @@ from appliance.store.tables import attestations
 
 TYP = "reserve-attestation+jws"
 REQUESTER_ROLES = frozenset({"treasury", "auditor"})
+
+
+class AttestationInFlight(Conflict):
+    """Another request or worker holds the reservation of the next attestation right now (409; try again)."""
+
+
 AS_OF_SKEW_SECONDS = 86400  # reserve report and supply snapshot must describe the same day
 FUTURE_AS_OF_SECONDS = 300  # clock skew allowed for as_of; a later one would block every real as_of after it
 ABANDONED_AFTER_SECONDS = 30  # an unsigned reservation this old lost its signer (HSM or store failure)
@@ -126,7 +132,7 @@ class AttestationService:
             if decision == "same":
                 assert same is not None  # decide_new says "same" only when this as_of exists
                 if same.jws == "":
-                    raise Conflict(f"the attestation for {as_of} is being signed: ask again in a moment")
+                    raise AttestationInFlight(f"the attestation for {as_of} is being signed: ask again in a moment")
                 return "same", same
             if same is not None:
                 raise Conflict(f"an attestation for {as_of} exists already")
@@ -152,7 +158,7 @@ class AttestationService:
         try:
             outcome, data = self.app.db.write(reserve, "attestation-reserve")
         except sa_exc.IntegrityError as exc:
-            raise Conflict("another attestation was reserved at the same time: ask again") from exc
+            raise AttestationInFlight("another attestation was reserved at the same time: ask again") from exc
         if outcome == "same":
             return {"seq": data.seq, "jws": data.jws, "as_of": data.as_of, "status": data.status, "created": False}
         payload: dict[str, Any] = data

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 from appliance import metrics
+from appliance.domain.canonical import parse_json_strict
 from appliance.errors import ApplianceError
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
@@ -46,16 +46,20 @@ def scheduled_attestation(app: Appliance) -> dict[str, object] | None:
 
     Every worker may run this: the same as_of with the same figures returns the stored attestation.
     """
-    from appliance.services.attestation import AttestationService, read_input
+    from appliance.services.attestation import AttestationInFlight, AttestationService, read_input
 
     schedule = app.settings.attestation_schedule
     assert schedule.reserves is not None and schedule.supply is not None
     service = AttestationService(app)
     try:
-        report = json.loads(read_input(schedule.reserves).read_text(encoding="utf-8"))
-        supply = json.loads(read_input(schedule.supply).read_text(encoding="utf-8"))
+        reserves_path, supply_path = read_input(schedule.reserves), read_input(schedule.supply)
+        report = parse_json_strict(reserves_path.read_bytes(), reserves_path.name)
+        supply = parse_json_strict(supply_path.read_bytes(), supply_path.name)
         holders = read_input(schedule.holders).read_text(encoding="utf-8") if schedule.holders else None
         return service.attest(report, supply, holders, requested_by="scheduler", trigger="schedule")
+    except AttestationInFlight as exc:  # another worker runs the same schedule tick: not a failure
+        log.info("scheduled attestation left to another worker: %s", exc)
+        return None
     except (OSError, ValueError, ApplianceError) as exc:
         reason = str(exc).splitlines()[0][:300]
         log.error("scheduled attestation failed: %s", reason)

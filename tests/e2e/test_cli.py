@@ -122,6 +122,37 @@ def test_a_refused_request_prints_the_reason_and_exits_non_zero(service: Service
     assert out.returncode != 0 and "not the key enrolled for bob" in out.stderr
 
 
+def test_an_attestation_through_the_cli_verifies_offline_with_the_holder_proof(service: Service,
+                                                                               tmp_path: Path) -> None:
+    reports = service.directory / "reports"
+    out = json.loads(service.cli("attest", "--operator", "grace", "--key", service.key("grace"),
+                                 "--reserves", str(reports / "reserves.json"), "--supply",
+                                 str(reports / "supply.json"), "--holders", str(reports / "holders.csv"),
+                                 "--json").stdout)
+    assert out["seq"] == 1 and out["jws"].count(".") == 2
+    evidence = tmp_path / "evidence"
+    service.cli("attestations", "fetch", str(evidence))
+    jwks = str(evidence / "jwks.json")
+    single = json.loads(service.cli("verify", "attestation", str(evidence / "1.jws"), "--jwks", jwks,
+                                    "--json").stdout)
+    assert single["valid"] is True and single["status"] == "FULLY_BACKED"
+    assert json.loads(service.cli("verify", "chain", str(evidence), "--jwks", jwks, "--json").stdout)["valid"]
+    account = (reports / "holders.csv").read_text().splitlines()[1].split(",")[0]
+    service.cli("--config", service.dev["config"], "liabilities", "proof", account, "--attestation", "1",
+                "--out", str(tmp_path / "proof.json"))
+    held = json.loads(service.cli("verify", "liability", str(tmp_path / "proof.json"), "--attestation",
+                                  str(evidence / "1.jws"), "--jwks", jwks, "--json").stdout)
+    assert held["valid"] is True and held["account"] == account
+    (evidence / "1.jws").write_text(out["jws"][:-4] + ("AAAA" if not out["jws"].endswith("AAAA") else "BBBB"))
+    tampered = service.cli("verify", "attestation", str(evidence / "1.jws"), "--jwks", jwks, check=False)
+    assert tampered.returncode == 1 and "INVALID" in tampered.stderr
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"as_of": "2026-11-24T16:00:00Z", "as_of": "2026-11-25T16:00:00Z"}')
+    refused = service.cli("attest", "--operator", "grace", "--key", service.key("grace"), "--reserves", str(dup),
+                          "--supply", str(reports / "supply.json"), check=False)
+    assert refused.returncode != 0 and "duplicate" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_commands_that_talk_to_the_service_take_url(service: Service, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     env["APPLIANCE_URL"] = "http://127.0.0.1:9"  # nothing listens there: --url must win

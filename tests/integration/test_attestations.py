@@ -229,6 +229,31 @@ def test_the_schedule_attests_and_counts_failures(h: Harness, tmp_path: Path) ->
     assert lifecycle.scheduled_attestation(h.app_ctx) is None
     assert metric("appliance_attestations_total", trigger="schedule", outcome="failed") == before + 1
     assert len(h.client.get("/v1/attestations").get_json()["items"]) == 1
+    (inbox / "reserves.json").write_text('{"as_of": "2026-11-24T16:00:00Z", "as_of": "2026-11-25T16:00:00Z"}')
+    assert lifecycle.scheduled_attestation(h.app_ctx) is None  # duplicate keys: refused, not last-one-wins
+    assert metric("appliance_attestations_total", trigger="schedule", outcome="failed") == before + 2
+
+
+def test_the_schedule_leaves_an_in_flight_attestation_to_the_other_worker(h: Harness,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from appliance.services import lifecycle
+    from appliance.services.attestation import AttestationInFlight, AttestationService
+
+    reports = h.directory / "reports"
+    schedule = dataclasses.replace(h.app_ctx.settings.attestation_schedule, interval_minutes=60,
+                                   reserves=reports / "reserves.json", supply=reports / "supply.json",
+                                   holders=None)
+    h.app_ctx.settings = dataclasses.replace(h.app_ctx.settings, attestation_schedule=schedule)
+
+    def in_flight(*_args: Any, **_kwargs: Any) -> Any:
+        raise AttestationInFlight("the attestation for 2026-11-24T16:00:00Z is being signed")
+
+    monkeypatch.setattr(AttestationService, "attest", in_flight)
+    before = metric("appliance_attestations_total", trigger="schedule", outcome="failed")
+    assert lifecycle.scheduled_attestation(h.app_ctx) is None
+    assert metric("appliance_attestations_total", trigger="schedule", outcome="failed") == before
 
 
 def signed(h: Harness, payload: dict[str, Any]) -> str:
