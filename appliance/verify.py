@@ -31,6 +31,61 @@ class LogSource(Protocol):
 
     def consistency(self, old: int, new: int) -> dict[str, Any]: ...
 
+    def jwks(self) -> dict[str, Any]:
+        """The published keys (/.well-known/jwks.json)."""
+
+
+def check_against_jwks(verifier_key: str, jwks: dict[str, Any]) -> None:
+    """The signed-note verifier key carries the Ed25519 audit key that the JWKS publishes (purpose "audit");
+    VerificationFailed otherwise. Pins the audit key to the published keys, not only to the service's word."""
+    note_key = notes.parse_verifier_key(verifier_key).public_key
+    published = [k for k in jwks.get("keys", []) if isinstance(k, dict) and k.get("kty") == "OKP"
+                 and k.get("crv") == "Ed25519" and k.get("purpose", "audit") == "audit"]
+    for key in published:
+        x = key.get("x")
+        if isinstance(x, str) and _b64url(x) == note_key:
+            return
+    raise VerificationFailed("the audit verifier key is not the Ed25519 audit key published in the JWKS")
+
+
+def _b64url(text: str) -> bytes | None:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+
+
+def check_state(state: Any) -> dict[str, Any]:
+    """An audit state file's content (as verify_log writes it), checked member by member; the empty state is
+    {}. InvalidInput names what is wrong, so a damaged file never surfaces as a traceback."""
+    if state == {}:
+        return {}
+    problems: list[Problem] = []
+    if not isinstance(state, dict):
+        raise InvalidInput("not an audit state file", [Problem("state", "must be a JSON object")])
+    for member in ("verifier_key", "origin"):
+        if not isinstance(state.get(member), str):
+            problems.append(Problem(f"state.{member}", "must be a string"))
+    size = state.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        problems.append(Problem("state.size", "must be a non-negative integer"))
+    try:
+        if len(base64.b64decode(state.get("root", ""), validate=True)) != 32:
+            problems.append(Problem("state.root", "must be the base64 of 32 bytes"))
+        leaves = base64.b64decode(state.get("leaves", ""), validate=True)
+        if "leaves" in state and isinstance(size, int) and len(leaves) != 32 * size:  # optional: checkpoint only
+            problems.append(Problem("state.leaves", f"must hold {size} leaf hashes of 32 bytes"))
+    except (ValueError, TypeError):
+        problems.append(Problem("state.root/leaves", "must be base64"))
+    if not problems and isinstance(state.get("verifier_key"), str):
+        try:
+            notes.parse_verifier_key(state["verifier_key"])
+        except InvalidInput as exc:
+            problems.append(Problem("state.verifier_key", exc.detail))
+    if problems:
+        raise InvalidInput("the audit state file is damaged", problems)
+    return state
+
 
 def verify_log(source: LogSource, state: dict[str, Any], key: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """Check the log against its signed checkpoint and an earlier state; returns (new state, remarks).
@@ -40,10 +95,13 @@ def verify_log(source: LogSource, state: dict[str, Any], key: str | None = None)
     by a different one is also caught by the RFC 9162 consistency proof.
     """
     remarks: list[str] = []
+    state = check_state(state)
     pinned = key or state.get("verifier_key")
     if pinned is None:
         pinned = source.verifier_key()
-        remarks.append(f"trusting the service's verifier key on first use: {pinned}")
+        check_against_jwks(pinned, source.jwks())
+        remarks.append(f"trusting the service's verifier key on first use (it matches the published JWKS): "
+                       f"{pinned}")
     cp = notes.open_checkpoint(source.checkpoint(), [notes.parse_verifier_key(pinned)])
     leaves: list[bytes] = []
     leaf = merkle.leaf_hash

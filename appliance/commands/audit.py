@@ -14,7 +14,8 @@ import click
 
 from appliance.client import Client
 from appliance.commands import url_option
-from appliance.verify import verify_log
+from appliance.errors import InvalidInput
+from appliance.verify import check_state, verify_log
 
 
 @click.group()
@@ -29,9 +30,10 @@ def _load_state(path: Path | None) -> dict[str, Any]:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot read the state file {path}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise click.ClickException(f"{path} is not an audit state file")
-    return state
+    try:
+        return check_state(state)
+    except InvalidInput as exc:
+        raise click.ClickException(f"{path}: {exc}: " + "; ".join(str(p) for p in exc.problems)) from exc
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:

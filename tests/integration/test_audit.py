@@ -41,6 +41,9 @@ class FlaskSource:
     def consistency(self, old: int, new: int) -> dict[str, Any]:
         return self.c.get(f"/v1/audit/proof/consistency?old={old}&new={new}").get_json()  # type: ignore[no-any-return]
 
+    def jwks(self) -> dict[str, Any]:
+        return self.c.get("/.well-known/jwks.json").get_json()  # type: ignore[no-any-return]
+
 
 def activity(h: Harness, mints: int = 2) -> None:
     """Some audited activity: requests, approvals, authorizations, then a signed checkpoint."""
@@ -179,6 +182,20 @@ def test_a_whole_different_but_consistent_log_is_detected(h: Harness, tmp_path: 
     _expect_divergence(h, state, 0)
     with pytest.raises(VerificationFailed, match="consistency"):  # an auditor who kept only the checkpoint
         verify_log(FlaskSource(h), state_without_leaves)
+
+
+def test_first_use_trusts_only_the_audit_key_the_jwks_publishes(h: Harness) -> None:
+    activity(h, 1)
+
+    class Impostor(FlaskSource):
+        def jwks(self) -> dict[str, Any]:  # the JWKS without the audit key: the verifier key is unvouched for
+            keys = super().jwks()["keys"]
+            return {"keys": [k for k in keys if k.get("purpose") != "audit"]}
+
+    with pytest.raises(VerificationFailed, match="published in the JWKS"):
+        verify_log(Impostor(h), {})
+    _, remarks = verify_log(FlaskSource(h), {})
+    assert any("matches the published JWKS" in r for r in remarks)
 
 
 def test_a_checkpoint_signed_by_another_key_is_refused(h: Harness) -> None:
@@ -331,3 +348,26 @@ def test_alert_rules_pass_promtool() -> None:
     rules = ROOT / "firmware-config" / "prometheus" / "alerts.yml"
     result = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("damage", [
+    {"size": "x"}, {"size": -1}, {"root": "***"}, {"root": "AAAA"}, {"leaves": "AAAA"}, {"verifier_key": 7},
+    {"verifier_key": "not a key"},
+])
+def test_a_damaged_state_file_is_named_not_a_traceback(h: Harness, damage: dict[str, Any]) -> None:
+    from appliance.errors import InvalidInput
+
+    state = verified_state(h)
+    with pytest.raises(InvalidInput, match="damaged"):
+        verify_log(FlaskSource(h), {**state, **damage})
+
+
+def test_the_cli_reports_a_damaged_state_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    state = tmp_path / "state.json"
+    state.write_text('{"size": "twelve"}')
+    out = CliRunner().invoke(cli, ["--url", "http://127.0.0.1:9", "audit", "verify", "--state", str(state)])
+    assert out.exit_code == 1 and "damaged" in out.output and "Traceback" not in out.output
