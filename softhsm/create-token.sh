@@ -14,10 +14,11 @@ mkdir -p "$dir/tokens"
 dir=$(cd "$dir" && pwd)
 sed "s#@TOKENDIR@#$dir/tokens#" "$here/softhsm2.conf.template" > "$dir/softhsm2.conf"
 export SOFTHSM2_CONF="$dir/softhsm2.conf"
-if softhsm2-util --show-slots 2>/dev/null | grep -q "Label:[[:space:]]*$label\$"; then
-  echo "token '$label' already exists in $dir" >&2
-else
-  softhsm2-util --init-token --free --label "$label" --so-pin "$so_pin" --pin "$user_pin" >/dev/null
+if softhsm2-util --show-slots 2>/dev/null | grep -qE "Label:[[:space:]]*${label}[[:space:]]*\$"; then
+  echo "token '$label' already exists in $dir (its PINs are unchanged)" >&2
+  echo "export SOFTHSM2_CONF=$dir/softhsm2.conf"
+  exit 0
 fi
+softhsm2-util --init-token --free --label "$label" --so-pin "$so_pin" --pin "$user_pin" >/dev/null
 echo "export SOFTHSM2_CONF=$dir/softhsm2.conf"
 echo "# token label: $label; user PIN: $user_pin (throwaway test PIN)"

@@ -24,7 +24,7 @@ from appliance.domain import reserves
 from appliance.domain.canonical import canonical_json
 from appliance.domain.jose import parse_compact
 from appliance.domain.liabilities import LiabilityTree
-from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound, Problem
+from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound, PolicyViolation, Problem
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
@@ -106,9 +106,12 @@ class AttestationService:
         reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})
         tree = None
         if holders_csv is not None:
-            tree = LiabilityTree.build(reserves.iter_holders_csv(holders_csv.splitlines(), "holders"),
+            tree = LiabilityTree.build(reserves.iter_holders_csv(holders_csv, "holders"),
                                        self.liabilities_secret())
         liabilities = tree.summary() if tree is not None else None
+        if tree is not None and tree.total != supply.total:  # every token outstanding is owed to a holder
+            raise PolicyViolation("the holder balances do not add up to the supply", [Problem(
+                "holders", f"they total {tree.total} base units; the supply snapshot totals {supply.total}")])
         digest = att.figures_digest(report, supply, liabilities)
         as_of = _utc(report.as_of)
         now = self.app.now()
@@ -256,7 +259,7 @@ class AttestationService:
         if not path.exists():
             raise NotFound(f"attestation {seq} has no liabilities data on this appliance")
         payload = json.loads(_payload_of(self.get(seq)))
-        tree = LiabilityTree.build(reserves.iter_holders_csv(path.read_text(encoding="utf-8").splitlines(),
+        tree = LiabilityTree.build(reserves.iter_holders_csv(path.read_text(encoding="utf-8"),
                                                              path.name), self.liabilities_secret())
         if payload.get("liabilities") != tree.summary():
             raise ConfigError(f"the kept holders file for attestation {seq} no longer matches its root")

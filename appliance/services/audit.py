@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from appliance import metrics
 from appliance.domain import checkpoint as notes
@@ -15,6 +15,7 @@ from appliance.domain.canonical import canonical_json
 from appliance.errors import InvalidInput, NotFound
 from appliance.services.context import Appliance, rfc3339
 from appliance.store import audit_repo
+from appliance.store.tables import policy_bundles
 
 MAX_PAGE = 1000
 
@@ -27,7 +28,13 @@ class AuditLog:
 
     def record(self, conn: Connection, *, actor: str, action: str, subject: str | None,
                details: dict[str, Any], policy_hash: str | None) -> int:
-        """Append one entry inside the caller's transaction; returns its index."""
+        """Append one entry inside the caller's transaction; returns its index.
+
+        policy_hash None means "whatever policy is active": the active bundle's hash is recorded (null only
+        before `init` pinned the first bundle), so every entry says which policy was in force."""
+        if policy_hash is None:
+            policy_hash = conn.execute(select(policy_bundles.c.hash)
+                                       .where(policy_bundles.c.status == "active")).scalar()
         head = audit_repo.lock_head(conn)
         now = self.app.now()
         entry = canonical_json({"index": head.size, "time": rfc3339(now), "actor": actor, "action": action,

@@ -378,3 +378,22 @@ def test_supply_on_a_chain_or_contract_not_configured_is_refused(h: Harness) -> 
     wrong["chains"][0]["contract"] = "0x" + "ab" * 20
     assert attest(h, reserves, wrong).status_code == 400
     assert h.client.get("/v1/attestations/latest").status_code == 404
+
+
+def test_a_holders_csv_with_other_line_breaks_is_refused_with_its_line(h: Harness) -> None:
+    reserves, supply, holders = inputs(h)
+    cr_only = holders.replace("\n", "\r")  # one long line to a CSV reader that splits on "\n" only
+    response = attest(h, reserves, supply, cr_only)
+    assert response.status_code == 400, response.get_json()
+    assert any("holders" in e["location"] for e in response.get_json()["errors"])
+
+
+def test_holder_balances_that_do_not_add_up_to_the_supply_are_refused(h: Harness) -> None:
+    reserves, supply, holders = inputs(h)
+    header, first, *rest = holders.strip().split("\n")
+    account, balance = first.split(",")
+    short = "\n".join([header, f"{account},{int(balance) - 1}", *rest]) + "\n"
+    response = attest(h, reserves, supply, short)
+    assert response.status_code == 422
+    assert "do not add up" in response.get_json()["detail"]
+    assert attest(h, reserves, supply, holders).status_code == 201

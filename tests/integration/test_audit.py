@@ -371,3 +371,22 @@ def test_the_cli_reports_a_damaged_state_file(tmp_path: Path) -> None:
     state.write_text('{"size": "twelve"}')
     out = CliRunner().invoke(cli, ["--url", "http://127.0.0.1:9", "audit", "verify", "--state", str(state)])
     assert out.exit_code == 1 and "damaged" in out.output and "Traceback" not in out.output
+
+
+def test_every_entry_after_the_first_policy_names_the_policy_in_force(h: Harness) -> None:
+    from appliance.services import lifecycle
+    from appliance.services.audit import AuditLog
+
+    activity(h, 1)
+    lifecycle.on_start(h.app_ctx)
+    forged = h.jws("bob", "mint-request+jws", {"to": "x"}).rsplit(".", 1)[0] + ".AAAA"
+    assert h.client.post("/v1/mint-requests", json={"jws": forged}).status_code == 401
+    active = h.client.get("/v1/policy").get_json()["active"]["hash"]
+    size = AuditLog(h.app_ctx).head().size
+    entries = h.client.get(f"/v1/audit/entries?start=0&end={size}").get_json()["entries"]
+    pinned = next(i for i, e in enumerate(entries) if e["action"] == "policy.pinned")
+    assert all(e["policy"] is not None for e in entries[pinned:]), [e["action"] for e in entries[pinned:]
+                                                                     if e["policy"] is None]
+    by_action = {e["action"]: e for e in entries}
+    assert by_action["service.start"]["policy"] == active
+    assert by_action["auth.failed"]["policy"] == active

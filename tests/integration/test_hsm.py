@@ -183,3 +183,18 @@ def test_wrong_pin_is_a_clear_error_in_a_fresh_process() -> None:
             "    print('ConfigError:', e)\n")
     out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
     assert "ConfigError: the PIN for token" in out.stdout, out.stderr
+
+
+def test_create_token_is_idempotent_and_never_prints_a_pin_it_did_not_set(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "softhsm" / "create-token.sh"
+    first = subprocess.run([str(script), str(tmp_path), "twice", "so-1234", "user-1234"], capture_output=True,
+                           text=True, check=True)
+    assert "user PIN: user-1234" in first.stdout
+    again = subprocess.run([str(script), str(tmp_path), "twice"], capture_output=True, text=True, check=True)
+    assert "already exists" in again.stderr and "PIN" not in again.stdout
+    slots = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True, check=True,
+                           env={**os.environ, "SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")}).stdout
+    assert sum(1 for line in slots.splitlines() if line.split(":")[-1].strip() == "twice") == 1
