@@ -290,7 +290,8 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         eip712_name=r.get("eip712.name", str), eip712_version=r.get("eip712.version", str, "1"),
         chains=tuple(chains),
         audit_origin=r.get("audit.origin", str,
-                           check=lambda v: None if v and "\n" not in v and "+" not in v else "one line, no '+'"),
+                           check=lambda v: None if v and v.isprintable() and not any(c.isspace() for c in v)
+                           and "+" not in v else "non-empty, printable, no whitespace and no '+' (a note key name)"),
         checkpoint_interval_seconds=r.get("audit.checkpoint_interval_seconds", int, 60, check=_positive),
         policy_file=r.path("policy.policy_file", "policy.toml") or file.parent / "policy.toml",
         operators_file=r.path("policy.operators_file", "operators.toml") or file.parent / "operators.toml",

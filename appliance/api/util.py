@@ -48,5 +48,6 @@ def query_int(name: str, default: int | None = None, minimum: int = 0, maximum: 
         raise InvalidInput(f"query parameter {name!r} must be a non-negative integer")
     value = int(raw)
     if value < minimum or (maximum is not None and value > maximum):
-        raise InvalidInput(f"query parameter {name!r} must be between {minimum} and {maximum}")
+        bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise InvalidInput(f"query parameter {name!r} must be {bound}")
     return value

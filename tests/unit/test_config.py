@@ -83,3 +83,9 @@ def test_the_shipped_example_config_parses(monkeypatch: pytest.MonkeyPatch) -> N
     settings = config.load(example)
     assert settings.hsm.pin_env == "APPLIANCE_HSM_PIN"
     assert settings.storage_url.startswith("postgresql://")
+
+
+@pytest.mark.parametrize("origin", ["example audit", "example/audit\\t", "a+b", "", "tab\\u0007"])
+def test_an_audit_origin_that_cannot_name_a_note_key_is_refused_at_load(tmp_path: Path, origin: str) -> None:
+    with pytest.raises(ConfigError, match="audit.origin"):
+        load(tmp_path, GOOD.replace('origin = "example/audit"', f'origin = "{origin}"'))
