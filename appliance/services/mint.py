@@ -491,6 +491,13 @@ class MintService:
                                             mint_approvals.c.iat).where(mint_approvals.c.request_id == request_id)
                                      .order_by(mint_approvals.c.created_at, mint_approvals.c.operator)).all()
             tier = active.bundle.policy.tier_for(int(row.amount))
+            required = active.bundle.policy.describe(tier)
+            if row.policy_hash != active.hash:  # both the recorded and the active policy's quorum must hold
+                recorded = self.policies.by_hash(conn, row.policy_hash).policy
+                earlier = recorded.describe(recorded.tier_for(int(row.amount)))
+                if earlier["text"] != required["text"]:
+                    required = {**required, "text": f"{required['text']} (active policy); and "
+                                f"{earlier['text']} (policy the request was made under)", "recorded": earlier}
         status = "expired" if row.status == "pending" and now >= row.expires_at else row.status
         return {
             "id": row.id, "status": status, "requester": row.requester, "chain_id": row.chain_id,
@@ -498,7 +505,7 @@ class MintService:
             "amount_tokens": amounts.format_units(int(row.amount), self.app.settings.token_decimals),
             "token": self.app.settings.token_symbol, "nonce": row.nonce, "valid_after": row.valid_after,
             "valid_before": row.valid_before, "digest": row.digest, "policy": row.policy_hash,
-            "typedData": self._typed_data(row), "required": active.bundle.policy.describe(tier),
+            "typedData": self._typed_data(row), "required": required,
             "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat} for a in approvals],
             "quorum": result.to_json(), "created_at": row.created_at, "expires_at": row.expires_at,
             "authorization": self._stored_authorization(request_id),

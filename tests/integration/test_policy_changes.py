@@ -107,6 +107,9 @@ def test_a_threshold_lowered_while_pending_does_not_loosen_the_request(h: Harnes
     policy, _ = tables(h)
     policy["mint"]["tiers"][0]["approvals"] = 1
     enact(h, policy)
+    shown = h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["required"]
+    assert shown["approvals"] == 1 and shown["recorded"]["approvals"] == 2  # both are shown: both must hold
+    assert "policy the request was made under" in shown["text"]
     state = h.approve("bob", req).get_json()
     assert state["status"] == "pending"  # the request was made under "2 approvals"
     assert h.approve("carol", req).get_json()["status"] == "authorized"
