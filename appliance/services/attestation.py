@@ -99,8 +99,18 @@ class AttestationService:
 
     def _attest(self, reserves_data: Any, supply_data: Any, holders_csv: str | None, requested_by: str,
                 token: auth.Authenticated | None) -> dict[str, Any]:
-        report = reserves.parse_reserve_report(reserves_data, "reserves")
-        supply = reserves.parse_supply_snapshot(supply_data, "supply")
+        problems: list[Problem] = []  # every problem of both inputs at once, each with its location
+        report = supply = None
+        try:
+            report = reserves.parse_reserve_report(reserves_data, "reserves")
+        except InvalidInput as exc:
+            problems += exc.problems or [Problem("reserves", exc.detail)]
+        try:
+            supply = reserves.parse_supply_snapshot(supply_data, "supply")
+        except InvalidInput as exc:
+            problems += exc.problems or [Problem("supply", exc.detail)]
+        if report is None or supply is None:
+            raise InvalidInput(f"the inputs have {len(problems)} problem(s)", problems)
         settings = self.app.settings
         reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
         reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})

@@ -397,3 +397,16 @@ def test_holder_balances_that_do_not_add_up_to_the_supply_are_refused(h: Harness
     assert response.status_code == 422
     assert "do not add up" in response.get_json()["detail"]
     assert attest(h, reserves, supply, holders).status_code == 201
+
+
+def test_problems_in_both_inputs_are_reported_together_with_their_locations(h: Harness) -> None:
+    reserves, supply, _ = inputs(h)
+    bad_reserves = copy.deepcopy(reserves)
+    bad_reserves["currency"] = "usd"
+    bad_supply = copy.deepcopy(supply)
+    bad_supply["chains"][0]["total_supply"] = "1.5"
+    response = attest(h, bad_reserves, bad_supply)
+    assert response.status_code == 400
+    locations = [e["location"] for e in response.get_json()["errors"]]
+    assert any(loc.startswith("reserves") and "currency" in loc for loc in locations), locations
+    assert any(loc.startswith("supply") and "total_supply" in loc for loc in locations), locations

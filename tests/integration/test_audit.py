@@ -390,3 +390,38 @@ def test_every_entry_after_the_first_policy_names_the_policy_in_force(h: Harness
     by_action = {e["action"]: e for e in entries}
     assert by_action["service.start"]["policy"] == active
     assert by_action["auth.failed"]["policy"] == active
+
+
+def test_an_unreachable_hsm_fails_readiness_and_signing_then_recovers(h: Harness) -> None:
+    """The token disappears (real SoftHSM, wrong label after the session is dropped): /readyz and hsm_up say
+    so, a final approval gets 503 with nothing signed; when the token is back the service recovers."""
+    hsm = h.app_ctx.hsm
+    label = hsm._token_label  # noqa: SLF001 - make the real token unreachable, no mock
+    req = h.request().get_json()
+    h.approve("bob", req)
+    before = metric("appliance_signatures_total", key="mint", outcome="ok")
+    hsm.close()
+    hsm._token_label = "no-such-token"  # noqa: SLF001
+    try:
+        assert h.client.get("/readyz").status_code == 503
+        assert "appliance_hsm_up 0.0" in h.client.get("/metrics").get_data(as_text=True)
+        response = h.approve("carol", req)
+        assert response.status_code == 503 and response.mimetype == "application/problem+json"
+    finally:
+        hsm._token_label = label  # noqa: SLF001
+    assert metric("appliance_signatures_total", key="mint", outcome="ok") == before
+    assert h.client.get("/readyz").status_code == 200
+    assert "appliance_hsm_up 1.0" in h.client.get("/metrics").get_data(as_text=True)
+    authz = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")
+    assert authz.status_code == 200 and metric("appliance_signatures_total", key="mint", outcome="ok") == before + 1
+
+
+def test_a_checkpoint_covering_it_is_signed_after_every_signature(h: Harness) -> None:
+    from appliance.services.audit import AuditLog
+
+    req = h.request().get_json()
+    h.approve("bob", req)
+    assert h.approve("carol", req).get_json()["status"] == "authorized"
+    log = AuditLog(h.app_ctx)
+    cp = notes.open_checkpoint(h.client.get("/v1/audit/checkpoint").get_data(as_text=True), [log.verifier()])
+    assert cp.size == log.head().size  # the authorization's own entries are covered at once
