@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,41 @@ def harness(directory: Path, summary: dict[str, Any], clock: Clock | None = None
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@contextmanager
+def raising(obj: Any, method: str, error: BaseException) -> Iterator[None]:
+    """obj.method raises `error` inside the block (a real HSM or store failing at one chosen step)."""
+    had_own = method in vars(obj)
+    original = getattr(obj, method)
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise error
+
+    setattr(obj, method, broken)
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(obj, method, original)
+        else:
+            delattr(obj, method)
+
+
+@contextmanager
+def failing_write(db: Any, operation: str) -> Iterator[None]:
+    """The store refuses the durable write named `operation` (and only that one) inside the block."""
+    from appliance.errors import StorageUnavailable
+
+    original = db.write
+
+    def write(fn: Any, op: str = "write", attempts: int = 5) -> Any:
+        if op == operation:
+            raise StorageUnavailable(f"storage {op} failed: disk full (simulated)")
+        return original(fn, op, attempts)
+
+    db.write = write
+    try:
+        yield
+    finally:
+        del db.write

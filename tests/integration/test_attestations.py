@@ -19,7 +19,7 @@ from appliance.domain.canonical import canonical_json
 from appliance.errors import VerificationFailed
 from appliance.services import auth
 from appliance.signing import public_key_from_point, sign_jws
-from tests.helpers import Harness, metric
+from tests.helpers import Harness, failing_write, metric, raising
 
 
 def inputs(h: Harness) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -192,17 +192,8 @@ def test_hsm_failure_leaves_no_partial_attestation(h: Harness) -> None:
     from appliance.errors import HsmUnavailable
 
     reserves, supply, _ = inputs(h)
-    signer = h.app_ctx.attestation_signer
-    original = signer.sign
-
-    def broken(message: bytes) -> bytes:
-        raise HsmUnavailable("HSM sign failed (simulated)")
-
-    signer.sign = broken  # type: ignore[method-assign]
-    try:
+    with raising(h.app_ctx.attestation_signer, "sign", HsmUnavailable("HSM sign failed (simulated)")):
         assert attest(h, reserves, supply).status_code == 503
-    finally:
-        signer.sign = original  # type: ignore[method-assign]
     assert h.client.get("/v1/attestations").get_json()["items"] == []
     assert attest(h, reserves, supply).get_json()["seq"] == 1  # the retry takes seq 1
 
@@ -341,22 +332,9 @@ def test_an_as_of_in_the_future_is_refused(h: Harness) -> None:
 
 
 def test_a_store_failure_after_signing_does_not_block_attestations(h: Harness) -> None:
-    from appliance.errors import StorageUnavailable
-
     reserves, supply, _ = inputs(h)
-    db = h.app_ctx.db
-    original = db.write
-
-    def failing(fn: Any, operation: str = "write", attempts: int = 5) -> Any:
-        if operation == "attestation-store":
-            raise StorageUnavailable("storage attestation-store failed: disk full (simulated)")
-        return original(fn, operation, attempts)
-
-    db.write = failing  # type: ignore[method-assign]
-    try:
+    with failing_write(h.app_ctx.db, "attestation-store"):
         assert attest(h, reserves, supply).status_code == 503
-    finally:
-        db.write = original  # type: ignore[method-assign]
     assert h.client.get("/v1/attestations/1").status_code == 404  # nothing partial is published
     assert attest(h, reserves, supply).status_code == 409  # may still be in flight elsewhere
     h.clock.advance(31)

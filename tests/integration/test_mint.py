@@ -13,7 +13,7 @@ from eth_account.messages import encode_typed_data
 
 from appliance.domain import eip712
 from appliance.services import auth
-from tests.helpers import Harness, metric
+from tests.helpers import Harness, failing_write, metric, raising
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -287,24 +287,11 @@ def test_list_filters_by_status(h: Harness) -> None:
 
 
 def test_a_met_quorum_whose_signing_failed_is_completed_by_asking_again(h: Harness) -> None:
-    from appliance.errors import StorageUnavailable
-
     req = created(h)
     h.approve("bob", req)
-    db = h.app_ctx.db
-    original = db.write
-
-    def failing(fn: Any, operation: str = "write", attempts: int = 5) -> Any:
-        if operation == "mint-reserve":
-            raise StorageUnavailable("storage mint-reserve failed: database down (simulated)")
-        return original(fn, operation, attempts)
-
     before = mint_signatures()
-    db.write = failing  # type: ignore[method-assign]
-    try:
+    with failing_write(h.app_ctx.db, "mint-reserve"):
         assert h.approve("carol", req).status_code == 503  # the approval is stored, the reservation is not
-    finally:
-        db.write = original  # type: ignore[method-assign]
     assert mint_signatures() == before
     url = f"/v1/mint-requests/{req['id']}/authorization"
     authz = h.client.get(url)
@@ -383,17 +370,8 @@ def test_hsm_failure_after_reservation_is_recovered_once(h: Harness) -> None:
 
     req = created(h)
     h.approve("bob", req)
-    signer = h.app_ctx.mint_signer
-    original = signer.sign_eth_digest
-
-    def broken(digest: bytes) -> bytes:
-        raise HsmUnavailable("HSM sign failed: DeviceRemoved (simulated)")
-
-    signer.sign_eth_digest = broken  # type: ignore[method-assign]
-    try:
+    with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
         response = h.approve("carol", req)
-    finally:
-        signer.sign_eth_digest = original  # type: ignore[method-assign]
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     url = f"/v1/mint-requests/{req['id']}/authorization"
@@ -414,17 +392,8 @@ def test_concurrent_recovery_of_a_stale_reservation_signs_once(h: Harness) -> No
 
     req = created(h)
     h.approve("bob", req)
-    signer = h.app_ctx.mint_signer
-    original = signer.sign_eth_digest
-
-    def broken(digest: bytes) -> bytes:
-        raise HsmUnavailable("HSM sign failed: DeviceRemoved (simulated)")
-
-    signer.sign_eth_digest = broken  # type: ignore[method-assign]
-    try:
+    with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
         assert h.approve("carol", req).status_code == 503
-    finally:
-        signer.sign_eth_digest = original  # type: ignore[method-assign]
     h.clock.advance(31)
     before = mint_signatures()
     url = f"/v1/mint-requests/{req['id']}/authorization"
