@@ -454,10 +454,12 @@ class MintService:
             if issued is not None:
                 return issued
             raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
-        raise Conflict(f"request {request_id} is {self._status(row)}: no authorization has been issued")
+        raise Conflict(f"request {request_id} is {self._status(row, self.app.now())}: no authorization has been issued")
 
-    def _status(self, row: Any) -> str:
-        return "expired" if row.status == "pending" and self.app.now() >= row.expires_at else str(row.status)
+    @staticmethod
+    def _status(row: Any, now: int) -> str:
+        """The request's status as of now: a pending request past its TTL is expired (derived, not stored)."""
+        return "expired" if row.status == "pending" and now >= row.expires_at else str(row.status)
 
     def _claim(self, request_id: str, seen_reserved_at: int, policy_hash: str) -> bool:
         """Take over a stale unsigned reservation (compare-and-set on reserved_at), durably and audited.
@@ -498,7 +500,7 @@ class MintService:
                 if earlier["text"] != required["text"]:
                     required = {**required, "text": f"{required['text']} (active policy); and "
                                 f"{earlier['text']} (policy the request was made under)", "recorded": earlier}
-        status = "expired" if row.status == "pending" and now >= row.expires_at else row.status
+        status = self._status(row, now)
         return {
             "id": row.id, "status": status, "requester": row.requester, "chain_id": row.chain_id,
             "to": row.to_address, "amount": row.amount,
@@ -532,7 +534,7 @@ class MintService:
             rows = conn.execute(query.order_by(mint_requests.c.created_at.desc(), mint_requests.c.id)
                                 .limit(min(limit, MAX_LIST)).offset(offset)).all()
         return {"total": total, "items": [
-            {"id": r.id, "status": "expired" if r.status == "pending" and now >= r.expires_at else r.status,
+            {"id": r.id, "status": self._status(r, now),
              "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
              "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
 
