@@ -114,6 +114,11 @@ class AttestationService:
         settings = self.app.settings
         reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
         reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})
+        now = self.app.now()
+        if max(report.as_of, supply.as_of).timestamp() > now + FUTURE_AS_OF_SECONDS:
+            stamp = _utc(datetime.fromtimestamp(now, UTC))
+            raise InvalidInput("as_of is in the future",
+                               [Problem("reserves.as_of", f"{_utc(report.as_of)} is later than now ({stamp})")])
         tree = None
         if holders_csv is not None:
             tree = LiabilityTree.build(reserves.iter_holders_csv(holders_csv, "holders"),
@@ -124,11 +129,6 @@ class AttestationService:
                 "holders", f"they total {tree.total} base units; the supply snapshot totals {supply.total}")])
         digest = att.figures_digest(report, supply, liabilities)
         as_of = _utc(report.as_of)
-        now = self.app.now()
-        latest_allowed = max(report.as_of, supply.as_of).timestamp()
-        if latest_allowed > now + FUTURE_AS_OF_SECONDS:
-            raise InvalidInput("as_of is in the future", [Problem("reserves.as_of", f"{as_of} is later than now "
-                                                                  f"({_utc(datetime.fromtimestamp(now, UTC))})")])
         checkpoint = self._checkpoint()
 
         def reserve(conn: Connection) -> tuple[str, Any]:

@@ -42,6 +42,8 @@ class Authenticated:
     iat: int
 
 
+PAST_TENSE = {"approve": "approved", "reject": "rejected"}  # decisions as audit actions (mint.approved)
+
 def _operator_for_kid(bundle: PolicyBundle, kid: object) -> Operator:
     if not isinstance(kid, str):
         raise Unauthenticated("the JWS header needs a `kid`: the RFC 7638 thumbprint of your enrolled key")

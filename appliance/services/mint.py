@@ -265,8 +265,8 @@ class MintService:
                         policy_hash=row.policy_hash, iat=who.iat, jws=who.token, created_at=now))
             except sa_exc.IntegrityError as exc:
                 raise Conflict(f"{who.operator.name} has already decided on this request") from exc
-            self.audit.record(conn, actor=who.operator.name, action=f"mint.{_PAST[decision]}", subject=request_id,
-                              details={"digest": digest}, policy_hash=active.hash)
+            self.audit.record(conn, actor=who.operator.name, action=f"mint.{auth.PAST_TENSE[decision]}",
+                              subject=request_id, details={"digest": digest}, policy_hash=active.hash)
             result = self._evaluate(conn, row, active, now)
             if result.vetoed:
                 self._close(conn, row, "rejected", who.operator.name, now, active.hash,
@@ -537,6 +537,3 @@ class MintService:
             {"id": r.id, "status": self._status(r, now),
              "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
              "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
-
-
-_PAST = {"approve": "approved", "reject": "rejected"}

@@ -292,8 +292,8 @@ class PolicyService:
             conn.execute(insert(policy_approvals).values(bundle_id=proposal_id, operator=who.operator.name,
                                                          decision=decision, iat=who.iat, jws=who.token,
                                                          created_at=now))
-            self.audit.record(conn, actor=who.operator.name, action=f"policy.{_PAST[decision]}", subject=row.hash,
-                              details={"proposal": proposal_id}, policy_hash=active.hash)
+            self.audit.record(conn, actor=who.operator.name, action=f"policy.{auth.PAST_TENSE[decision]}",
+                              subject=row.hash, details={"proposal": proposal_id}, policy_hash=active.hash)
             return self._maybe_activate(conn, active, row, now)
 
         result = self.app.db.write(vote, "policy")
@@ -347,6 +347,3 @@ def _tally(conn: Connection, row: Any, governing: PolicyBundle) -> tuple[set[str
 def _governance_text(bundle: PolicyBundle) -> str:
     g = bundle.policy.governance
     return f"{g.approvals} approvals from {' or '.join(sorted(g.eligible_roles))} of the active bundle"
-
-
-_PAST = {"approve": "approved", "reject": "rejected"}
