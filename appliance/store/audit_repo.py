@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, func, insert, select, update
 
 from appliance.domain.merkle import CompactRange, leaf_hash
-from appliance.store.db import add_buffer, get_buffer
+from appliance.store.db import add_buffer, get_buffer, is_buffered
 from appliance.store.tables import audit_checkpoints, audit_entries, audit_head
 
 
@@ -46,20 +46,19 @@ def ensure_head(conn: Connection) -> None:
 def append(conn: Connection, action: str, entry: bytes, now: int, locked: TreeHead | None = None) -> TreeHead:
     """Append one canonical-JSON entry (already carrying its index `head.size`); returns the new head.
 
-    `locked` is the head the caller read with lock_head() in this transaction. In a Database.write()
-    transaction the entry and the new head are buffered and written with one multi-row insert and one update
-    just before it commits (or before a read of the log in it); elsewhere they are written at once.
+    `locked`, when given, is the head the caller read with lock_head() in this transaction (checked). In a
+    Database.write() transaction the entry and the new head are buffered and written with one multi-row insert
+    and one update just before it commits; elsewhere they are written at once.
     """
     buffer = _buffer(conn)
     if locked is not None and locked.size != buffer.head.size:
         raise RuntimeError(f"append at {locked.size} but the head is at {buffer.head.size}")
     leaf = leaf_hash(entry)
     grown = buffer.compact.append(leaf)
-    root = grown.root()
     buffer.rows.append({"idx": buffer.head.size, "action": action, "entry": entry.decode("utf-8"),
                         "leaf_hash": leaf, "created_at": now})
-    buffer.compact, buffer.head = grown, TreeHead(grown.size, root)
-    if get_buffer(conn, _KEY) is None:
+    buffer.compact, buffer.head = grown, TreeHead(grown.size, grown.root())
+    if not is_buffered(conn):
         buffer.flush(conn)
     return buffer.head
 
@@ -78,28 +77,31 @@ _KEY = "audit"
 
 
 class _AuditBuffer:
-    """The locked head of one write transaction and the entries appended in it, not yet written."""
+    """The locked head of one write transaction and the entries appended in it; `rows[written:]` are not in
+    the database yet. Marks (savepoints) and resets keep `written` too: a flush inside a savepoint that rolls
+    back is undone by the database, so those rows must be written again."""
 
     def __init__(self, head: TreeHead, compact: CompactRange) -> None:
         self.head, self.compact = head, compact
         self.rows: list[dict[str, object]] = []
+        self.written = 0
 
     def mark(self) -> object:
-        return (self.head, self.compact, len(self.rows))
+        return (self.head, self.compact, len(self.rows), self.written)
 
     def reset(self, mark: object) -> None:
         assert isinstance(mark, tuple)
-        head, compact, count = mark
-        self.head, self.compact = head, compact
+        self.head, self.compact, count, self.written = mark
         del self.rows[count:]
 
     def flush(self, conn: Connection) -> None:
-        if not self.rows:
+        pending = self.rows[self.written:]
+        if not pending:
             return
-        conn.execute(insert(audit_entries), self.rows)
+        conn.execute(insert(audit_entries), pending)
         conn.execute(update(audit_head).where(audit_head.c.id == 1)
                      .values(size=self.compact.size, compact=self.compact.encode(), root=self.head.root))
-        self.rows = []
+        self.written = len(self.rows)
 
 
 def _buffer(conn: Connection) -> _AuditBuffer:
@@ -110,7 +112,8 @@ def _buffer(conn: Connection) -> _AuditBuffer:
     row = conn.execute(select(audit_head.c.size, audit_head.c.root, audit_head.c.compact)
                        .where(audit_head.c.id == 1).with_for_update()).one()
     buffer = _AuditBuffer(TreeHead(row.size, row.root, row.compact), CompactRange.decode(row.compact))
-    add_buffer(conn, _KEY, buffer)
+    if is_buffered(conn):
+        add_buffer(conn, _KEY, buffer)
     return buffer
 
 

@@ -34,6 +34,7 @@ class Database:
         self.timeout = timeout_seconds
         self.is_sqlite = url.startswith("sqlite")
         self.engine = self._create_engine()
+        _listen_for_savepoints(self.engine)
         #: called with the operation name when a write fails; metrics hook in here.
         self.on_failure: Callable[[str], None] | None = None
         self.max_batch = 64
@@ -139,7 +140,7 @@ class Database:
             try:
                 with self.engine.connect() as conn:
                     conn = conn.execution_options(immediate=True)
-                    conn.info[_BUFFERS] = {}
+                    conn.info[_BUFFERS] = _Buffers()
                     try:
                         with conn.begin():
                             if len(batch) == 1:
@@ -215,19 +216,16 @@ class _Pending(Generic[T]):
 
 
 def _run_in_savepoint(conn: Connection, p: _Pending[Any]) -> None:
-    """Run one caller's fn so that its failure rolls back only its own changes (buffered ones included)."""
-    buffers: dict[str, WriteBuffer] = conn.info.get(_BUFFERS, {})
-    marks = {key: buf.mark() for key, buf in buffers.items()}
+    """Run one caller's fn so that its failure rolls back only its own changes (buffered ones included: the
+    savepoint events below reset the write buffers with the savepoint)."""
     try:
         with conn.begin_nested():
             p.result = p.fn(conn)
     except sa_exc.IntegrityError as exc:
-        _reset_buffers(buffers, marks)
         p.error = exc
     except sa_exc.SQLAlchemyError:
         raise  # the connection or the store failed: the whole batch fails
     except Exception as exc:  # noqa: BLE001 - the caller's own error (e.g. a 409): it reaches that caller only
-        _reset_buffers(buffers, marks)
         p.error = exc
 
 
@@ -243,8 +241,9 @@ _BUFFERS = "appliance.write_buffers"
 class WriteBuffer(Protocol):
     """Rows a repository collects during a write transaction and writes in one go just before it commits.
 
-    Only connections of Database.write() carry buffers; a savepoint that rolls back resets them to the
-    mark taken when it began, and a buffer created inside it is dropped (with the locks its first read took).
+    Only connections of Database.write() carry buffers. Every savepoint (the group commit's per-caller ones
+    and any a caller opens itself) takes a mark of each buffer; rolling the savepoint back resets them to it
+    and drops a buffer created inside it (on PostgreSQL the row lock its first read took is released too).
     """
 
     def mark(self) -> object: ...
@@ -254,33 +253,65 @@ class WriteBuffer(Protocol):
     def flush(self, conn: Connection) -> None: ...
 
 
+class _Buffers:
+    """The buffers of one write transaction and a stack of marks, one entry per open savepoint."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, WriteBuffer] = {}
+        self.marks: list[dict[str, object]] = []
+
+
+def is_buffered(conn: Connection) -> bool:
+    """Whether conn is a Database.write() transaction, whose buffers are flushed before it commits."""
+    return isinstance(conn.info.get(_BUFFERS), _Buffers)
+
+
 def get_buffer(conn: Connection, key: str) -> WriteBuffer | None:
     """The buffer under key in this write transaction, or None (also when conn does not buffer at all)."""
-    buffers: dict[str, WriteBuffer] | None = conn.info.get(_BUFFERS)
-    return None if buffers is None else buffers.get(key)
+    buffers = conn.info.get(_BUFFERS)
+    return buffers.items.get(key) if isinstance(buffers, _Buffers) else None
 
 
-def add_buffer(conn: Connection, key: str, buffer: WriteBuffer) -> bool:
-    """Register a buffer to be flushed before commit; False when conn is not a Database.write() connection."""
-    buffers: dict[str, WriteBuffer] | None = conn.info.get(_BUFFERS)
-    if buffers is None:
-        return False
-    buffers[key] = buffer
-    return True
+def add_buffer(conn: Connection, key: str, buffer: WriteBuffer) -> None:
+    """Register a buffer to be flushed before commit (conn must be buffered: see is_buffered)."""
+    buffers = conn.info[_BUFFERS]
+    assert isinstance(buffers, _Buffers)
+    buffers.items[key] = buffer
 
 
 def flush_buffers(conn: Connection) -> None:
-    """Write every buffered row now (before commit, or before a read that must see them)."""
-    for buf in list(conn.info.get(_BUFFERS, {}).values()):
-        buf.flush(conn)
+    """Write every buffered row now (before commit)."""
+    buffers = conn.info.get(_BUFFERS)
+    if isinstance(buffers, _Buffers):
+        for buf in list(buffers.items.values()):
+            buf.flush(conn)
 
 
-def _reset_buffers(buffers: dict[str, WriteBuffer], marks: dict[str, object]) -> None:
-    for key in list(buffers):
-        if key in marks:
-            buffers[key].reset(marks[key])
-        else:
-            del buffers[key]
+def _listen_for_savepoints(engine: Engine) -> None:
+    """Keep the write buffers in step with savepoints (SQLAlchemy nests them strictly: a stack suffices)."""
+
+    @event.listens_for(engine, "savepoint")
+    def _savepoint(conn: Connection, _name: str | None) -> None:
+        buffers = conn.info.get(_BUFFERS)
+        if isinstance(buffers, _Buffers):
+            buffers.marks.append({key: buf.mark() for key, buf in buffers.items.items()})
+
+    @event.listens_for(engine, "rollback_savepoint")
+    def _rollback(conn: Connection, _name: str, _context: object) -> None:
+        buffers = conn.info.get(_BUFFERS)
+        if isinstance(buffers, _Buffers) and buffers.marks:
+            marks = buffers.marks.pop()
+            for key in list(buffers.items):
+                if key in marks:
+                    buffers.items[key].reset(marks[key])
+                else:
+                    del buffers.items[key]
+
+    @event.listens_for(engine, "release_savepoint")
+    def _release(conn: Connection, _name: str, _context: object) -> None:
+        buffers = conn.info.get(_BUFFERS)
+        if isinstance(buffers, _Buffers) and buffers.marks:
+            buffers.marks.pop()
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, select, text
@@ -252,3 +254,71 @@ def test_a_read_only_store_fails_the_readiness_probe(tmp_path: Path) -> None:
         assert failures == []  # a failed probe is not a failed audit write
     finally:
         readonly.dispose()
+
+
+def _batch_of(store: Database, fns: list[Any]) -> list[object]:
+    """Run fns as one group commit (a blocker holds the leader's seat until all of them are queued)."""
+    gate, inside = threading.Event(), threading.Event()
+    outcomes: dict[int, object] = {}
+
+    def blocker(conn: object) -> None:
+        inside.set()
+        gate.wait(1.5)
+
+    def worker(i: int) -> None:
+        try:
+            outcomes[i] = store.write(fns[i])
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcomes[i] = exc
+
+    first = threading.Thread(target=lambda: store.write(blocker))  # type: ignore[arg-type]
+    first.start()
+    assert inside.wait(5)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+        deadline = time.monotonic() + 5  # queue them in order
+        while len(store._queue) < threads.index(t) + 1 and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.002)
+    gate.set()
+    for t in [first, *threads]:
+        t.join()
+    return [outcomes[i] for i in range(len(fns))]
+
+
+def _appending(tag: str, then: Any = None) -> Any:
+    def run(conn: object) -> int:
+        head = audit_repo.lock_head(conn)  # type: ignore[arg-type]
+        audit_repo.append(conn, "test", canonical_json({"index": head.size, "tag": tag}), 0)  # type: ignore[arg-type]
+        if then is not None:
+            then(conn)
+        return head.size
+    return run
+
+
+def test_a_read_that_flushed_inside_a_failing_caller_loses_no_one_elses_entry(store: Database) -> None:
+    def read_then_fail(conn: object) -> None:
+        audit_repo.head(conn)  # type: ignore[arg-type]  # flushes A's and B's entries inside B's savepoint
+        raise ValueError("refused after reading the log")
+
+    outcomes = _batch_of(store, [_appending("A"), _appending("B", read_then_fail), _appending("C")])
+    assert outcomes[0] == 0 and isinstance(outcomes[1], ValueError) and outcomes[2] == 1
+    entries, head = _entries_and_head(store)
+    assert [json.loads(e)["tag"] for e in entries] == ["A", "C"] and head.size == 2
+    assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
+
+
+def test_an_entry_appended_in_a_callers_own_rolled_back_savepoint_is_dropped(store: Database) -> None:
+    def inner(conn: Any) -> int:
+        try:
+            with conn.begin_nested():
+                _appending("inner")(conn)
+                raise KeyError("the inner step failed")
+        except KeyError:
+            pass
+        return _appending("outer")(conn)
+
+    assert store.write(inner) == 0
+    entries, head = _entries_and_head(store)
+    assert [json.loads(e)["tag"] for e in entries] == ["outer"] and head.size == 1
+    assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
