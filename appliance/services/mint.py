@@ -20,7 +20,7 @@ import uuid
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, not_, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
@@ -334,22 +334,10 @@ class MintService:
             row = self._row(conn, request_id)
             if row.status != "pending" or now >= row.expires_at:
                 return "closed", None
-            result = self._evaluate(conn, row, active, now)
+            result, reasons = self._refusals(conn, row, active, now)
             if not result.met:
                 return "not-met", None
-            policy = active.bundle.policy
-            window = now - policy.mint.velocity_window_seconds
-            in_window = self._authorized_since(conn, window)
-            reasons = []
-            if in_window + int(row.amount) > policy.mint.velocity_limit:
-                reasons.append(f"velocity limit: {in_window} authorized in the window + {row.amount} "
-                               f"> {policy.mint.velocity_limit}")
-            reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now)
             digest = self._digest(row)
-            if digest != row.digest:
-                reasons.append("the stored digest does not match the stored fields")
-            if not self._request_is_authentic(conn, row):
-                reasons.append("the stored request does not match its requester's signed JWS")
             if reasons:
                 self.audit.record(conn, actor="appliance", action="mint.authorization.refused", subject=row.id,
                                   details={"reasons": reasons}, policy_hash=active.hash)
@@ -379,6 +367,25 @@ class MintService:
             raise PolicyViolation("the authorization is refused", [Problem("policy", r) for r in data])
         return self._sign(request_id)
 
+    def _refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int
+                  ) -> tuple[quorum.QuorumResult, list[str]]:
+        """(quorum result, reasons to refuse signing now); the reasons are only looked for once quorum is met."""
+        result = self._evaluate(conn, row, active, now)
+        if not result.met:
+            return result, []
+        policy = active.bundle.policy
+        in_window = self._authorized_since(conn, now - policy.mint.velocity_window_seconds)
+        reasons = []
+        if in_window + int(row.amount) > policy.mint.velocity_limit:
+            reasons.append(f"velocity limit: {in_window} authorized in the window + {row.amount} "
+                           f"> {policy.mint.velocity_limit}")
+        reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now)
+        if self._digest(row) != row.digest:
+            reasons.append("the stored digest does not match the stored fields")
+        if not self._request_is_authentic(conn, row):
+            reasons.append("the stored request does not match its requester's signed JWS")
+        return result, reasons
+
     def _sign(self, request_id: str) -> dict[str, Any]:
         """Sign a reserved authorization and store the signature; returns the authorization object."""
         with self.app.db.read() as conn:
@@ -397,24 +404,30 @@ class MintService:
         metrics.SIGNATURES.labels("mint", "ok").inc()
         now = self.app.now()
 
-        def store(conn: Connection) -> None:
-            conn.execute(update(mint_authorizations).where(mint_authorizations.c.request_id == request_id,
-                                                           mint_authorizations.c.signature.is_(None))
-                         .values(signature="0x" + signature.hex(), signed_at=now))
+        def store(conn: Connection) -> bool:
+            stored_now = conn.execute(update(mint_authorizations)
+                                      .where(mint_authorizations.c.request_id == request_id,
+                                             mint_authorizations.c.digest == digest,
+                                             mint_authorizations.c.signature.is_(None))
+                                      .values(signature="0x" + signature.hex(), signed_at=now)).rowcount == 1
+            if not stored_now:  # a recovering caller stored its signature first: that one is the authorization
+                return False
             conn.execute(update(mint_requests).where(mint_requests.c.id == request_id)
                          .values(status="authorized", closed_by="appliance", closed_at=now))
             self.audit.record(conn, actor="appliance", action="mint.authorization.signed", subject=request_id,
                               details={"digest": digest, "signature": "0x" + signature.hex()},
                               policy_hash=row.policy_hash)
+            return True
 
-        self.app.db.write(store, "mint-store")
-        metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
+        if self.app.db.write(store, "mint-store"):
+            metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
         try:
             self.audit.checkpoint()
         except ApplianceError:
             pass  # the periodic checkpoint will cover it; the authorization itself is durable
         stored = self._stored_authorization(request_id)
-        assert stored is not None  # just written in this process
+        if stored is None:  # the reservation was voided while the HSM signed: this signature is discarded
+            raise Conflict(f"the authorization of request {request_id} was withdrawn while it was being signed")
         return stored
 
     def _stored_authorization(self, request_id: str) -> dict[str, Any] | None:
@@ -447,13 +460,21 @@ class MintService:
                     request_id, reserved.reserved_at, row.policy_hash):
                 return self._sign(request_id)
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
-        if row.status == "pending" and self.app.now() < row.expires_at:
+        now = self.app.now()
+        if row.status == "pending" and now < row.expires_at:
             # Quorum may have been met while signing was refused (velocity, reserve guard) or failed (store
-            # down): asking again re-evaluates everything and signs if it all holds now.
-            issued = self.authorize(request_id)
+            # down): asking again re-evaluates everything and signs if it all holds now. The evaluation is
+            # read-only; only a request that would be signed reaches a write (so polling writes nothing).
+            with self.app.db.read() as conn:
+                result, reasons = self._refusals(conn, row, self.policies.active(conn), now)
+            if not result.met:
+                raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
+            if reasons:
+                raise PolicyViolation("the authorization is refused", [Problem("policy", r) for r in reasons])
+            issued = self.authorize(request_id) or self._stored_authorization(request_id)
             if issued is not None:
                 return issued
-            raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
+            raise Conflict(f"request {request_id} is being signed: ask again in a moment")
         raise Conflict(f"request {request_id} is {self._status(row, self.app.now())}: no authorization has been issued")
 
     @staticmethod
@@ -464,22 +485,45 @@ class MintService:
     def _claim(self, request_id: str, seen_reserved_at: int, policy_hash: str) -> bool:
         """Take over a stale unsigned reservation (compare-and-set on reserved_at), durably and audited.
 
-        Of several callers recovering the same reservation at once only one wins, so the HSM signs once."""
+        Of several callers recovering the same reservation at once only one wins. The winner checks again
+        what may have changed since the reservation (validity window, quorum under the current operators,
+        the stored request): if anything no longer holds, the reservation is voided (audited, PolicyViolation)
+        and nothing is signed."""
         now = self.app.now()
 
-        def claim(conn: Connection) -> bool:
+        def claim(conn: Connection) -> tuple[bool, list[str]]:
             taken = conn.execute(update(mint_authorizations)
                                  .where(mint_authorizations.c.request_id == request_id,
                                         mint_authorizations.c.signature.is_(None),
                                         mint_authorizations.c.reserved_at == seen_reserved_at)
                                  .values(reserved_at=now)).rowcount == 1
-            if taken:
-                self.audit.record(conn, actor="appliance", action="mint.authorization.recovered",
-                                  subject=request_id, details={"reserved_at": seen_reserved_at},
-                                  policy_hash=policy_hash)
-            return taken
+            if not taken:
+                return False, []
+            row = self._row(conn, request_id)
+            active = self.policies.active(conn)
+            reasons = []
+            if now >= row.valid_before:
+                reasons.append("the authorization's validity window has passed")
+            if not self._evaluate(conn, row, active, now).met:
+                reasons.append("its quorum no longer holds under the current policy and operators")
+            if self._digest(row) != row.digest or not self._request_is_authentic(conn, row):
+                reasons.append("the stored request does not match its requester's signed JWS")
+            if reasons:
+                conn.execute(delete(mint_authorizations).where(mint_authorizations.c.request_id == request_id,
+                                                               mint_authorizations.c.signature.is_(None)))
+                self.audit.record(conn, actor="appliance", action="mint.authorization.voided", subject=request_id,
+                                  details={"reasons": reasons}, policy_hash=active.hash)
+                return False, reasons
+            self.audit.record(conn, actor="appliance", action="mint.authorization.recovered",
+                              subject=request_id, details={"reserved_at": seen_reserved_at},
+                              policy_hash=policy_hash)
+            return True, []
 
-        return bool(self.app.db.write(claim, "mint-reserve"))
+        taken, reasons = self.app.db.write(claim, "mint-reserve")
+        if reasons:
+            metrics.MINT_AUTHORIZATIONS.labels("refused").inc()
+            raise PolicyViolation("the pending authorization was voided", [Problem("policy", r) for r in reasons])
+        return bool(taken)
 
     # -- reading --------------------------------------------------------------------------------------------
 

@@ -489,3 +489,67 @@ def test_a_request_edited_in_the_database_is_refused_at_signing(h: Harness) -> N
     again = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")  # asking again re-evaluates: refused
     assert again.status_code == 422 and "does not match its requester's signed JWS" in json.dumps(again.get_json())
     assert mint_signatures() == before
+
+
+def _audit_size(h: Harness) -> int:
+    from appliance.services.audit import AuditLog
+
+    return AuditLog(h.app_ctx).head().size
+
+
+def test_polling_the_authorization_writes_nothing_until_it_can_be_signed(h: Harness) -> None:
+    from appliance.store.tables import mint_requests
+
+    req = created(h)
+    url = f"/v1/mint-requests/{req['id']}/authorization"
+    size = _audit_size(h)
+    for _ in range(5):
+        assert h.client.get(url).status_code == 409  # quorum not met: a read, no write
+    assert _audit_size(h) == size
+    h.approve("bob", req)
+    with h.app_ctx.db.engine.begin() as conn:  # make signing refused (quorum met, request no longer authentic)
+        conn.execute(mint_requests.update().where(mint_requests.c.id == req["id"]).values(requester="dave"))
+    assert h.approve("carol", req).status_code == 422  # refused, and audited once
+    size = _audit_size(h)
+    for _ in range(5):
+        assert h.client.get(url).status_code == 422
+    assert _audit_size(h) == size  # polling a refused request does not grow the log
+
+
+def test_a_stale_reservation_is_voided_when_its_quorum_no_longer_holds(h: Harness) -> None:
+    from appliance.errors import HsmUnavailable
+    from tests.integration.test_policy_changes import enact, tables
+
+    req = created(h)
+    h.approve("bob", req)
+    with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
+        assert h.approve("carol", req).status_code == 503
+    policy, operators = tables(h)
+    for op in operators["operators"]:
+        if op["name"] == "carol":  # carol's key is suspected compromised
+            op["enabled"] = False
+    enact(h, policy, operators)
+    h.clock.advance(31)
+    before = mint_signatures()
+    response = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")
+    assert response.status_code == 422 and "voided" in response.get_json()["detail"]
+    assert mint_signatures() == before
+    assert ("mint.authorization.voided", req["id"]) in _audit_actions(h)
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["authorization"] is None
+
+
+def test_a_late_original_signer_does_not_replace_or_re_audit_the_stored_signature(h: Harness) -> None:
+    from appliance.errors import HsmUnavailable
+    from appliance.services.mint import MintService
+
+    req = created(h)
+    h.approve("bob", req)
+    with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
+        assert h.approve("carol", req).status_code == 503
+    h.clock.advance(31)
+    recovered = h.client.get(f"/v1/mint-requests/{req['id']}/authorization").get_json()
+    signed = metric("appliance_mint_authorizations_total", outcome="signed")
+    late = MintService(h.app_ctx)._sign(req["id"])  # noqa: SLF001 - the original thread finishing after 30 s
+    assert late == recovered
+    assert metric("appliance_mint_authorizations_total", outcome="signed") == signed
+    assert [a for a, subject in _audit_actions(h) if subject == req["id"]].count("mint.authorization.signed") == 1
