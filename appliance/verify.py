@@ -37,7 +37,8 @@ class LogSource(Protocol):
 
 def check_against_jwks(verifier_key: str, jwks: dict[str, Any]) -> None:
     """The signed-note verifier key carries the Ed25519 audit key that the JWKS publishes (purpose "audit");
-    VerificationFailed otherwise. Pins the audit key to the published keys, not only to the service's word."""
+    VerificationFailed otherwise. Against a JWKS obtained independently (the one a regulator was given) this
+    pins the audit key; against the service's own JWKS it is only a consistency check."""
     note_key = notes.parse_verifier_key(verifier_key).public_key
     published = [k for k in jwks.get("keys", []) if isinstance(k, dict) and k.get("kty") == "OKP"
                  and k.get("crv") == "Ed25519" and k.get("purpose", "audit") == "audit"]
@@ -87,7 +88,8 @@ def check_state(state: Any) -> dict[str, Any]:
     return state
 
 
-def verify_log(source: LogSource, state: dict[str, Any], key: str | None = None) -> tuple[dict[str, Any], list[str]]:
+def verify_log(source: LogSource, state: dict[str, Any], key: str | None = None,
+               jwks: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Check the log against its signed checkpoint and an earlier state; returns (new state, remarks).
 
     The state holds the last verified checkpoint and the leaf hashes under it, so a rewrite, deletion,
@@ -99,9 +101,9 @@ def verify_log(source: LogSource, state: dict[str, Any], key: str | None = None)
     pinned = key or state.get("verifier_key")
     if pinned is None:
         pinned = source.verifier_key()
-        check_against_jwks(pinned, source.jwks())
-        remarks.append(f"trusting the service's verifier key on first use (it matches the published JWKS): "
-                       f"{pinned}")
+        check_against_jwks(pinned, jwks if jwks is not None else source.jwks())
+        vouched = "the JWKS given" if jwks is not None else "the service's own JWKS"
+        remarks.append(f"trusting the service's verifier key on first use (it matches {vouched}): {pinned}")
     cp = notes.open_checkpoint(source.checkpoint(), [notes.parse_verifier_key(pinned)])
     leaves: list[bytes] = []
     leaf = merkle.leaf_hash

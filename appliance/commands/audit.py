@@ -46,14 +46,25 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
               help="remembers the last verified checkpoint (created if missing)")
 @click.option("--key", help="the audit key's signed-note verifier key (default: the state file's)")
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="on first use, the published JWKS obtained independently: its audit key must be the service's")
 @click.option("--json", "as_json", is_flag=True)
 @url_option
 @click.pass_context
-def verify(ctx: click.Context, state_path: Path | None, key: str | None, as_json: bool) -> None:
+def verify(ctx: click.Context, state_path: Path | None, key: str | None, jwks_file: Path | None,
+           as_json: bool) -> None:
     """Fetch checkpoint and entries, recompute the tree, check consistency with the last checkpoint seen."""
     client = Client(ctx.obj.url())
     state = _load_state(state_path)
-    new_state, said = verify_log(client, state, key)
+    jwks = None
+    if jwks_file is not None:
+        try:
+            jwks = json.loads(jwks_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot read the JWKS {jwks_file}: {exc}") from exc
+        if not isinstance(jwks, dict):
+            raise click.ClickException(f"{jwks_file} is not a JWKS")
+    new_state, said = verify_log(client, state, key, jwks)
     if state_path is not None:
         _save_state(state_path, new_state)
     result = {"ok": True, "size": new_state["size"], "root": new_state["root"], "notes": said}

@@ -316,31 +316,54 @@ class PolicyBundle:
         return json_digest(self.to_json())
 
 
-def unreachable_quorums(bundle: PolicyBundle) -> list[Problem]:
-    """Quorums the bundle's own enabled operators could never meet; a bundle with any would lock out mints or
-    governance for good (a policy change needs the governance quorum too). Pure; raises nothing.
+MINT_REQUESTER_ROLES = frozenset({"treasury", "cfo"})  # who may request a mint (and never counts for it)
 
-    Necessary conditions only: enough enabled holders of the eligible roles, and of each required role."""
+
+def unreachable_governance(bundle: PolicyBundle) -> list[Problem]:
+    """The governance quorum, if the bundle's own enabled operators could never meet it: such a bundle could
+    never be changed again (every change needs that quorum). Pure; raises nothing."""
+    governance = bundle.policy.governance
+    holders = sum(1 for op in bundle.operators if op.enabled and op.roles & governance.eligible_roles)
+    if holders >= governance.approvals:
+        return []
+    return [Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
+                    f"{' or '.join(_ordered(governance.eligible_roles))} but only {holders} enabled operators "
+                    "hold those roles")]
+
+
+def unreachable_mint_tiers(bundle: PolicyBundle) -> list[Problem]:
+    """Mint tiers no request could ever get approved under this bundle: no possible requester leaves enough
+    other enabled holders of the eligible roles and of each required role (the requester never counts).
+    Necessary conditions only. Pure; raises nothing.
+
+    These are warnings, not errors: disabling a compromised officer must stay possible even when it leaves a
+    small team unable to approve large mints until governance enrols someone."""
     enabled = [op for op in bundle.operators if op.enabled]
+    requesters = [op for op in enabled if op.roles & MINT_REQUESTER_ROLES]
+    if not requesters:
+        return [Problem("operators", "no enabled operator can request a mint (roles "
+                        f"{' or '.join(_ordered(MINT_REQUESTER_ROLES))})")]
 
-    def holders(roles: frozenset[str]) -> int:
-        return sum(1 for op in enabled if op.roles & roles)
+    def holders(roles: frozenset[str], besides: Operator) -> int:
+        return sum(1 for op in enabled if op.roles & roles and op is not besides)
+
+    def tier_problems(i: int, tier: Tier, requester: Operator) -> list[Problem]:
+        found = []
+        eligible = holders(tier.eligible_roles, requester)
+        if eligible < tier.approvals:
+            found.append(Problem(f"policy.mint.tiers[{i}].approvals", f"needs {tier.approvals} approvals but "
+                                 f"only {eligible} enabled operators besides the requester are eligible"))
+        for role, count in tier.required:
+            held = holders(frozenset({role}), requester)
+            if held < count:
+                found.append(Problem(f"policy.mint.tiers[{i}].required.{role}", f"needs {count} {role} but "
+                                     f"only {held} enabled operators besides the requester hold that role"))
+        return found
 
     problems: list[Problem] = []
-    governance = bundle.policy.governance
-    if holders(governance.eligible_roles) < governance.approvals:
-        problems.append(Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
-                                f"{' or '.join(_ordered(governance.eligible_roles))} but only "
-                                f"{holders(governance.eligible_roles)} enabled operators hold those roles"))
     for i, tier in enumerate(bundle.policy.mint.tiers):
-        if holders(tier.eligible_roles) < tier.approvals:
-            problems.append(Problem(f"policy.mint.tiers[{i}].approvals", f"needs {tier.approvals} approvals but "
-                                    f"only {holders(tier.eligible_roles)} enabled operators are eligible"))
-        for role, count in tier.required:
-            if holders(frozenset({role})) < count:
-                problems.append(Problem(f"policy.mint.tiers[{i}].required.{role}",
-                                        f"needs {count} {role} but only {holders(frozenset({role}))} "
-                                        "enabled operators hold that role"))
+        candidates = [tier_problems(i, tier, r) for r in requesters]
+        problems += sorted(candidates, key=len)[0]  # for the most favourable requester
     return problems
 
 

@@ -115,10 +115,12 @@ class AttestationService:
         reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
         reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})
         now = self.app.now()
-        if max(report.as_of, supply.as_of).timestamp() > now + FUTURE_AS_OF_SECONDS:
-            stamp = _utc(datetime.fromtimestamp(now, UTC))
-            raise InvalidInput("as_of is in the future",
-                               [Problem("reserves.as_of", f"{_utc(report.as_of)} is later than now ({stamp})")])
+        stamp = _utc(datetime.fromtimestamp(now, UTC))
+        future = [Problem(f"{name}.as_of", f"{_utc(when)} is later than now ({stamp})")
+                  for name, when in (("reserves", report.as_of), ("supply", supply.as_of))
+                  if when.timestamp() > now + FUTURE_AS_OF_SECONDS]
+        if future:
+            raise InvalidInput("as_of is in the future", future)
         tree = None
         if holders_csv is not None:
             tree = LiabilityTree.build(reserves.iter_holders_csv(holders_csv, "holders"),
@@ -178,16 +180,24 @@ class AttestationService:
         seq = int(payload["seq"])
         if tree is not None and holders_csv is not None:
             self._keep_holders(seq, holders_csv)
+        else:
+            self.holders_path(seq).unlink(missing_ok=True)  # left by an abandoned reservation of this seq
         try:
             jws = sign_jws(self.app.attestation_signer, canonical_json(payload), TYP)
         except ApplianceError:
             metrics.SIGNATURES.labels("attestation", "error").inc()
-            self._unreserve(seq, requested_by)
+            self._unreserve(seq, requested_by, now)
             raise
         metrics.SIGNATURES.labels("attestation", "ok").inc()
 
         def store(conn: Connection) -> None:
-            conn.execute(update(attestations).where(attestations.c.seq == seq).values(jws=jws))
+            ours = (attestations.c.seq == seq, attestations.c.jws == "", attestations.c.issued_at == now,
+                    attestations.c.figures_digest == digest)
+            if conn.execute(update(attestations).where(*ours).values(jws=jws)).rowcount != 1:
+                # Signing outlasted ABANDONED_AFTER_SECONDS and the reservation was dropped (perhaps seq
+                # reserved again): this JWS is discarded, never stored or returned. Nothing forks the chain.
+                raise AttestationInFlight(f"the reservation of attestation {seq} was abandoned while it was "
+                                          "being signed: ask again")
             self.audit.record(conn, actor=requested_by, action="attestation.signed", subject=str(seq),
                               details={"jws_sha256": att.prev_digest(jws)}, policy_hash=payload["policy"])
 
@@ -220,9 +230,10 @@ class AttestationService:
         tmp.write_text(holders_csv, encoding="utf-8")
         tmp.replace(path)
 
-    def _unreserve(self, seq: int, requested_by: str) -> None:
+    def _unreserve(self, seq: int, requested_by: str, reserved_at: int) -> None:
         def undo(conn: Connection) -> None:
-            conn.execute(delete(attestations).where(attestations.c.seq == seq, attestations.c.jws == ""))
+            conn.execute(delete(attestations).where(attestations.c.seq == seq, attestations.c.jws == "",
+                                                    attestations.c.issued_at == reserved_at))
             self.audit.record(conn, actor=requested_by, action="attestation.failed", subject=str(seq),
                               details={"reason": "the HSM could not sign"}, policy_hash=None)
 

@@ -32,10 +32,10 @@ class AuditLog:
 
         policy_hash None means "whatever policy is active": the active bundle's hash is recorded (null only
         before `init` pinned the first bundle), so every entry says which policy was in force."""
+        head = audit_repo.lock_head(conn)  # first: under the lock, the active policy read next is current
         if policy_hash is None:
             policy_hash = conn.execute(select(policy_bundles.c.hash)
                                        .where(policy_bundles.c.status == "active")).scalar()
-        head = audit_repo.lock_head(conn)
         now = self.app.now()
         entry = canonical_json({"index": head.size, "time": rfc3339(now), "actor": actor, "action": action,
                                 "subject": subject, "details": details, "policy": policy_hash})

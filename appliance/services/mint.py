@@ -25,7 +25,13 @@ from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
 from appliance.domain import amounts, eip712, quorum
-from appliance.domain.policy import PolicyBundle, ReserveFacts, check_new_request, reserve_guard_reasons
+from appliance.domain.policy import (
+    MINT_REQUESTER_ROLES,
+    PolicyBundle,
+    ReserveFacts,
+    check_new_request,
+    reserve_guard_reasons,
+)
 from appliance.errors import (
     ApplianceError,
     Conflict,
@@ -43,7 +49,7 @@ from appliance.services.policy import ActiveBundle, PolicyService
 from appliance.store import audit_repo
 from appliance.store.tables import attestations, mint_approvals, mint_authorizations, mint_requests
 
-REQUESTER_ROLES = frozenset({"treasury", "cfo"})
+REQUESTER_ROLES = MINT_REQUESTER_ROLES
 CANCEL_ROLES = frozenset({"treasury", "cfo", "security-admin"})
 STATUSES = ("pending", "authorized", "rejected", "cancelled", "expired")
 MAX_LIST = 200

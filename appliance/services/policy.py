@@ -27,7 +27,13 @@ from sqlalchemy import Connection, func, insert, select, update
 from appliance import metrics
 from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
-from appliance.domain.policy import PolicyBundle, parse_operators, parse_policy, unreachable_quorums
+from appliance.domain.policy import (
+    PolicyBundle,
+    parse_operators,
+    parse_policy,
+    unreachable_governance,
+    unreachable_mint_tiers,
+)
 from appliance.errors import (
     ConfigError,
     Conflict,
@@ -78,9 +84,10 @@ def checked(bundle: PolicyBundle) -> PolicyBundle:
             problems.extend(exc.problems or [Problem(where, exc.detail)])
     if problems:
         raise InvalidInput("operator keys are not valid", problems)
-    unreachable = unreachable_quorums(bundle)
+    unreachable = unreachable_governance(bundle)
     if unreachable:
-        raise InvalidInput("the operators could never meet these quorums", unreachable)
+        raise InvalidInput("the operators could never meet the governance quorum: the policy would be locked",
+                           unreachable)
     return bundle
 
 
@@ -251,7 +258,7 @@ class PolicyService:
         self.app.db.write(store, "policy")
         metrics.POLICY_CHANGES.labels("proposed").inc()
         return {"id": proposal_id, "hash": digest, "status": "proposed", "governance": _governance_text(
-            active.bundle)}
+            active.bundle), "warnings": [str(p) for p in unreachable_mint_tiers(proposed)]}
 
     @staticmethod
     def _proposed_bundle(payload: dict[str, Any], current: PolicyBundle) -> PolicyBundle:

@@ -388,3 +388,44 @@ def test_problems_in_both_inputs_are_reported_together_with_their_locations(h: H
     locations = [e["location"] for e in response.get_json()["errors"]]
     assert any(loc.startswith("reserves") and "currency" in loc for loc in locations), locations
     assert any(loc.startswith("supply") and "total_supply" in loc for loc in locations), locations
+
+
+def test_a_signer_slower_than_the_abandon_window_cannot_fork_the_chain(h: Harness) -> None:
+    """T1 reserves seq 1 and its HSM call stalls past 30 s; T2 drops the reservation, takes seq 1 for another
+    as_of and stores it. T1's JWS must then be discarded, not written over T2's row."""
+    reserves, supply, _ = inputs(h)
+    signer = h.app_ctx.attestation_signer
+    original = signer.sign
+    nested: list[Any] = []
+
+    def stalling(message: bytes) -> bytes:
+        if not nested:
+            nested.append(None)
+            h.clock.advance(31)
+            other = attest(h, later(reserves, "2026-11-25T16:00:00Z"), later(supply, "2026-11-25T16:00:00Z"))
+            nested.append(other)
+        return original(message)
+
+    signer.sign = stalling  # type: ignore[method-assign]
+    try:
+        first = attest(h, reserves, supply)
+    finally:
+        del signer.sign
+    assert nested[1].status_code == 201 and nested[1].get_json()["seq"] == 1
+    assert first.status_code == 409
+    stored = h.client.get("/v1/attestations/1").get_data(as_text=True)
+    assert stored == nested[1].get_json()["jws"]
+    assert [p["seq"] for p in offline.verify_chain([stored], jwks(h))] == [1]
+
+
+def test_a_future_supply_as_of_is_named_as_the_supply(h: Harness) -> None:
+    from datetime import UTC, datetime
+
+    reserves, supply, _ = inputs(h)
+    h.clock.now = max(h.clock.now, datetime.fromisoformat(reserves["as_of"].replace("Z", "+00:00")).timestamp())
+    future = datetime.fromtimestamp(h.clock.now + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    token = h.jws("grace", auth.TYP_ATTESTATION_REQUEST,
+                  {"reserves": reserves, "supply": later(supply, future), "holders_csv": None})
+    response = h.client.post("/v1/attestations", json={"jws": token})
+    assert response.status_code == 400
+    assert [e["location"] for e in response.get_json()["errors"]] == ["supply.as_of"]

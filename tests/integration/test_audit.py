@@ -195,7 +195,14 @@ def test_first_use_trusts_only_the_audit_key_the_jwks_publishes(h: Harness) -> N
     with pytest.raises(VerificationFailed, match="published in the JWKS"):
         verify_log(Impostor(h), {})
     _, remarks = verify_log(FlaskSource(h), {})
-    assert any("matches the published JWKS" in r for r in remarks)
+    assert any("matches the service's own JWKS" in r for r in remarks)
+    given = FlaskSource(h).jwks()  # what a regulator obtained out of band: it is what counts when given
+    _, remarks = verify_log(Impostor(h), {}, jwks=given)
+    assert any("matches the JWKS given" in r for r in remarks)
+    other = {"keys": [{**k, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"} if k.get("purpose") == "audit"
+                      else k for k in given["keys"]]}
+    with pytest.raises(VerificationFailed, match="published in the JWKS"):
+        verify_log(FlaskSource(h), {}, jwks=other)
 
 
 def test_a_checkpoint_signed_by_another_key_is_refused(h: Harness) -> None:

@@ -295,3 +295,13 @@ def test_a_proposal_that_would_lock_out_governance_is_refused(h: Harness) -> Non
         if "security-admin" in op["roles"]:
             op["enabled"] = False
     assert propose(h, tables(h)[0], operators).status_code == 400
+
+
+def test_disabling_an_officer_stays_possible_and_warns_of_an_unreachable_tier(h: Harness) -> None:
+    policy, operators = tables(h)
+    for op in operators["operators"]:
+        if op["name"] == "bob":  # alice, carol and dave remain: 3-approval mints cannot be approved
+            op["enabled"] = False
+    response = propose(h, policy, operators)
+    assert response.status_code == 201
+    assert any("tiers[1].approvals" in w for w in response.get_json()["warnings"])

@@ -1000,30 +1000,59 @@ def test_firmware_config_operator_keys_are_public_members_only() -> None:
 # -- quorums the operators could never meet -----------------------------------------------------------------------
 
 def test_a_reachable_bundle_has_no_unreachable_quorums() -> None:
-    from appliance.domain.policy import unreachable_quorums
+    from appliance.domain.policy import unreachable_governance, unreachable_mint_tiers
 
-    assert unreachable_quorums(bundle()) == []
-
-
-@pytest.mark.parametrize(("path", "value", "location"), [
-    (("governance", "approvals"), 3, "policy.governance.approvals"),  # erin and frank only
-    (("governance", "eligible_roles"), ["auditor"], "policy.governance.approvals"),  # grace only, needs 2
-    (("mint", "tiers", 0, "approvals"), 5, "policy.mint.tiers[0].approvals"),  # 4 enabled (hank is disabled)
-    (("mint", "tiers", 1, "required"), {"cfo": 3}, "policy.mint.tiers[1].required.cfo"),  # carol and dave
-])
-def test_a_quorum_the_enabled_operators_cannot_meet_is_reported(path: tuple[str | int, ...], value: Any,
-                                                                location: str) -> None:
-    from appliance.domain.policy import unreachable_quorums
-
-    found = unreachable_quorums(bundle(set_path(policy_dict(), path, value)))
-    assert [p.location for p in found] == [location]
+    assert unreachable_governance(bundle()) == [] and unreachable_mint_tiers(bundle()) == []
 
 
-def test_disabled_operators_do_not_make_a_quorum_reachable() -> None:
-    from appliance.domain.policy import unreachable_quorums
+@pytest.mark.parametrize(("value", "roles"), [(3, ["security-admin"]), (2, ["auditor"])])
+def test_a_governance_quorum_the_enabled_operators_cannot_meet_is_reported(value: int, roles: list[str]) -> None:
+    from appliance.domain.policy import unreachable_governance
+
+    policy = set_path(set_path(policy_dict(), ("governance", "approvals"), value), ("governance", "eligible_roles"),
+                      roles)
+    assert [p.location for p in unreachable_governance(bundle(policy))] == ["policy.governance.approvals"]
+
+
+def test_disabled_operators_do_not_make_the_governance_quorum_reachable() -> None:
+    from appliance.domain.policy import unreachable_governance
 
     ops = operators_dict()
     for op in ops["operators"]:
         if op["name"] == "frank":
             op["enabled"] = False
-    assert [p.location for p in unreachable_quorums(bundle(None, ops))] == ["policy.governance.approvals"]
+    assert [p.location for p in unreachable_governance(bundle(None, ops))] == ["policy.governance.approvals"]
+
+
+@pytest.mark.parametrize(("path", "value", "location"), [
+    (("mint", "tiers", 0, "approvals"), 4, "policy.mint.tiers[0].approvals"),  # 4 enabled, minus the requester
+    (("mint", "tiers", 1, "required"), {"cfo": 3}, "policy.mint.tiers[1].required.cfo"),  # only carol and dave
+])
+def test_a_mint_tier_no_requester_could_get_approved_is_reported(path: tuple[str | int, ...], value: Any,
+                                                                 location: str) -> None:
+    from appliance.domain.policy import unreachable_mint_tiers
+
+    found = unreachable_mint_tiers(bundle(set_path(policy_dict(), path, value)))
+    assert [p.location for p in found] == [location]
+    assert "besides the requester" in found[0].message
+
+
+def test_the_requester_never_counts_for_a_tiers_reachability() -> None:
+    """3 approvals among treasury/cfo with only 3 of them enabled: whoever requests, 2 remain."""
+    from appliance.domain.policy import unreachable_mint_tiers
+
+    ops = operators_dict()
+    for op in ops["operators"]:
+        if op["name"] == "bob":
+            op["enabled"] = False
+    assert [p.location for p in unreachable_mint_tiers(bundle(None, ops))] == ["policy.mint.tiers[1].approvals"]
+
+
+def test_a_bundle_where_no_one_can_request_a_mint_is_reported() -> None:
+    from appliance.domain.policy import unreachable_mint_tiers
+
+    ops = operators_dict()
+    for op in ops["operators"]:
+        if {"treasury", "cfo"} & set(op["roles"]):
+            op["enabled"] = False
+    assert [p.location for p in unreachable_mint_tiers(bundle(None, ops))] == ["operators"]
