@@ -46,6 +46,9 @@ def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, 
     result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, auth.TYP_POLICY_PROPOSAL, payload)})
     click.echo(json.dumps(result, indent=2) if as_json else
                f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
+    if not as_json:
+        for warning in result.get("warnings", []):
+            click.echo(f"warning: {warning}", err=True)
 
 
 @policy.command("approve")

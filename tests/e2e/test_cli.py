@@ -5,6 +5,7 @@ Each subprocess is a fresh process with its own SoftHSM2 token directory from de
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -183,6 +184,14 @@ def test_metrics_show_the_activity_across_workers(service: Service) -> None:
         text = r.read().decode()
     assert 'appliance_mint_authorizations_total{outcome="signed"}' in text
     assert "appliance_hsm_up 1.0" in text
+    for _ in range(40):  # spread over both worker processes; the scrape must add up what each counted
+        with urllib.request.urlopen(service.url + "/openapi.json", timeout=5) as r:  # noqa: S310
+            assert r.status == 200
+    with urllib.request.urlopen(service.url + "/metrics", timeout=5) as r:  # noqa: S310
+        text = r.read().decode()
+    line = next(x for x in text.splitlines()
+                if x.startswith("appliance_http_requests_total{") and 'route="/openapi.json"' in x)
+    assert float(line.rsplit(" ", 1)[1]) == 40.0
 
 
 def test_config_errors_are_clear_and_non_zero(tmp_path: Path) -> None:
@@ -210,3 +219,31 @@ def test_wrong_pin_missing_token_and_missing_key_are_clear(service: Service, tmp
         assert "Traceback" not in out.stderr, name
         serve = run("--config", str(cfg), "serve", "--listen", f"127.0.0.1:{free_port()}", check=False)
         assert serve.returncode != 0 and "refusing to serve" in serve.stderr, name
+
+
+def test_policy_change_and_cancellation_through_the_cli(service: Service, tmp_path: Path) -> None:
+    import tomllib
+
+    import tomli_w
+
+    shown = json.loads(service.cli("policy", "show", "--json").stdout)
+    policy = copy.deepcopy(shown["active"]["bundle"]["policy"])
+    policy["name"] = "changed through the cli"
+    (tmp_path / "policy.toml").write_text(tomli_w.dumps(policy))
+    assert tomllib.loads((tmp_path / "policy.toml").read_text())["name"] == policy["name"]
+    proposal = json.loads(service.cli("policy", "propose", str(tmp_path / "policy.toml"), "--operator", "erin",
+                                      "--key", service.key("erin"), "--json").stdout)
+    assert proposal["status"] == "proposed" and proposal["warnings"] == []
+    first = service.cli("policy", "approve", proposal["id"], "--operator", "erin", "--key", service.key("erin"))
+    assert "proposed" in first.stdout
+    second = service.cli("policy", "approve", proposal["id"], "--operator", "frank", "--key", service.key("frank"))
+    assert "active" in second.stdout
+    assert json.loads(service.cli("policy", "show", "--json").stdout)["active"]["hash"] == proposal["hash"]
+    to = service.dev["allowlist"][0]
+    req = json.loads(service.cli("mint", "request", "--operator", "alice", "--key", service.key("alice"),
+                                 "--to", to, "--amount", "5", "--json").stdout)
+    denied = service.cli("mint", "cancel", req["id"], "--operator", "bob", "--key", service.key("bob"), check=False)
+    assert denied.returncode != 0 and "requester or a security admin" in denied.stderr
+    cancelled = json.loads(service.cli("mint", "cancel", req["id"], "--operator", "alice", "--key",
+                                       service.key("alice"), "--json").stdout)
+    assert cancelled["status"] == "cancelled"
