@@ -385,15 +385,22 @@ def test_hsm_failure_after_reservation_is_recovered_once(h: Harness) -> None:
                                    signature=authz["signature"]) == authz["signer"]
 
 
-def test_concurrent_recovery_of_a_stale_reservation_signs_once(h: Harness) -> None:
-    import threading
-
+def stale_reservation(h: Harness) -> dict[str, Any]:
+    """A request whose final approval reserved the nonce, then the HSM failed: an unsigned reservation."""
     from appliance.errors import HsmUnavailable
 
     req = created(h)
     h.approve("bob", req)
     with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
         assert h.approve("carol", req).status_code == 503
+    return req
+
+
+def test_concurrent_recovery_of_a_stale_reservation_signs_once(h: Harness) -> None:
+    import threading
+
+
+    req = stale_reservation(h)
     h.clock.advance(31)
     before = mint_signatures()
     url = f"/v1/mint-requests/{req['id']}/authorization"
@@ -517,13 +524,9 @@ def test_polling_the_authorization_writes_nothing_until_it_can_be_signed(h: Harn
 
 
 def test_a_stale_reservation_is_voided_when_its_quorum_no_longer_holds(h: Harness) -> None:
-    from appliance.errors import HsmUnavailable
     from tests.integration.test_policy_changes import enact, tables
 
-    req = created(h)
-    h.approve("bob", req)
-    with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
-        assert h.approve("carol", req).status_code == 503
+    req = stale_reservation(h)
     policy, operators = tables(h)
     for op in operators["operators"]:
         if op["name"] == "carol":  # carol's key is suspected compromised
@@ -539,13 +542,9 @@ def test_a_stale_reservation_is_voided_when_its_quorum_no_longer_holds(h: Harnes
 
 
 def test_a_late_original_signer_does_not_replace_or_re_audit_the_stored_signature(h: Harness) -> None:
-    from appliance.errors import HsmUnavailable
     from appliance.services.mint import MintService
 
-    req = created(h)
-    h.approve("bob", req)
-    with raising(h.app_ctx.mint_signer, "sign_eth_digest", HsmUnavailable("HSM sign failed: DeviceRemoved")):
-        assert h.approve("carol", req).status_code == 503
+    req = stale_reservation(h)
     h.clock.advance(31)
     recovered = h.client.get(f"/v1/mint-requests/{req['id']}/authorization").get_json()
     signed = metric("appliance_mint_authorizations_total", outcome="signed")
