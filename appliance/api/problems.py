@@ -34,7 +34,7 @@ def register(app: Flask) -> None:
         if exc.problems:
             extra["errors"] = [{"location": p.location, "message": p.message} for p in exc.problems]
         slug = "hsm-unavailable" if isinstance(exc, ConfigError) else exc.slug
-        if isinstance(exc, (Unauthenticated, HsmUnavailable)):
+        if isinstance(exc, (Unauthenticated, HsmUnavailable, ConfigError)):
             _audit_failure(app, exc)
         return problem(status, slug, exc.title, exc.detail, **extra)
 
@@ -55,10 +55,12 @@ def register(app: Flask) -> None:
 
 
 def _audit_failure(app: Flask, exc: ApplianceError) -> None:
-    """Authentication failures and HSM errors go into the audit log too (best effort: never masks the error)."""
+    """Authentication failures, HSM errors and run-time configuration faults go into the audit log too (best
+    effort: never masks the error)."""
     from appliance.services.audit import AuditLog
 
-    action = "auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error"
+    action = ("auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error" if isinstance(exc, HsmUnavailable)
+              else "service.misconfigured")  # a ConfigError at run time: token or key gone, files altered
     try:
         AuditLog(app.extensions["appliance"]).record_standalone(
             actor="appliance", action=action, subject=request.path,

@@ -416,6 +416,11 @@ def test_an_unreachable_hsm_fails_readiness_and_signing_then_recovers(h: Harness
         assert response.status_code == 503 and response.mimetype == "application/problem+json"
     finally:
         hsm._token_label = label  # noqa: SLF001
+    from appliance.services.audit import AuditLog
+
+    size = AuditLog(h.app_ctx).head().size
+    entries = h.client.get(f"/v1/audit/entries?start=0&end={size}").get_json()["entries"]
+    assert any(e["action"] == "service.misconfigured" and "no-such-token" in e["details"]["reason"] for e in entries)
     assert metric("appliance_signatures_total", key="mint", outcome="ok") == before
     assert h.client.get("/readyz").status_code == 200
     assert "appliance_hsm_up 1.0" in h.client.get("/metrics").get_data(as_text=True)
