@@ -2,7 +2,8 @@
 
 Leaf hash SHA-256(0x00 || entry), node hash SHA-256(0x01 || left || right), and SHA-256 of the empty string for
 the empty tree. Every function works on already-hashed leaves and is iterative: a log of millions of entries needs
-no recursion depth, and no subtree is hashed twice while building one root or one proof.
+no recursion depth, and no subtree is hashed twice while building one root or one proof. LeafHashes (recursion
+depth at most 63) remembers perfect subtrees across calls, so a server answers each proof in O(log n).
 
 Blame follows appliance.errors: arguments that cannot describe any tree (negative sizes, an index or size beyond
 the leaves held, a root that is not a SHA-256 hash) raise InvalidInput; a proof that does not hold raises
@@ -17,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.errors import InvalidInput, VerificationFailed
 
@@ -72,8 +74,64 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
 
 
 def _subtree_root(leaf_hashes: Sequence[bytes], start: int, end: int) -> bytes:
-    """MTH(D[start:end]) for a non-empty range."""
+    """MTH(D[start:end]) for a non-empty range (memoized when the leaves are a LeafHashes)."""
+    if isinstance(leaf_hashes, LeafHashes):
+        return leaf_hashes.subtree_root(start, end)
     return root(leaf_hashes[start:end])
+
+
+class LeafHashes(Sequence[bytes]):
+    """An append-only list of leaf hashes that remembers the roots of its large perfect subtrees.
+
+    Leaves never change once appended, so the root of a perfect subtree of them never does either. With those
+    remembered, the root of any prefix and every proof cost O(log n) hashes after the first use (which costs
+    O(n)), instead of O(n) each time: what a log server needs to answer proof requests for a large log.
+    Subtrees of at most MEMO_MIN leaves are hashed directly (remembering them would cost more memory than time).
+    Passed to inclusion_proof and consistency_proof, it is used as their leaves. Pure; no I/O.
+    """
+
+    MEMO_MIN = 64
+
+    def __init__(self, leaves: Sequence[bytes] = ()) -> None:
+        self._leaves: list[bytes] = []
+        self._memo: dict[tuple[int, int], bytes] = {}
+        self.extend(leaves)
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self._leaves[index]
+
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """Append leaf hashes. Raises InvalidInput for one that is not 32 bytes (nothing is appended then)."""
+        for leaf in leaves:
+            _check_hash(leaf, "a leaf hash")
+        self._leaves.extend(leaves)
+
+    def truncate(self, size: int) -> None:
+        """Keep only the first `size` leaves (and what is remembered about them)."""
+        del self._leaves[size:]
+        self._memo = {key: value for key, value in self._memo.items() if key[0] + key[1] <= size}
+
+    def subtree_root(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for 0 <= start < end <= len(self). Raises nothing for such a range."""
+        count = end - start
+        if count <= self.MEMO_MIN:
+            return root(self._leaves[start:end])
+        split = start + _split_point(count)
+        if count & (count - 1):  # not perfect: it can still grow, so it is not remembered
+            return node_hash(self.subtree_root(start, split), self.subtree_root(split, end))
+        key = (start, count)
+        known = self._memo.get(key)
+        if known is None:
+            known = self._memo[key] = node_hash(self.subtree_root(start, split), self.subtree_root(split, end))
+        return known
+
+    def root_of(self, size: int) -> bytes:
+        """The root of the tree of the first `size` leaves. Raises InvalidInput unless 0 <= size <= len(self)."""
+        _check_tree_size(size, len(self))
+        return EMPTY_ROOT if size == 0 else self.subtree_root(0, size)
 
 
 def _check_tree_size(size: int, available: int) -> None:

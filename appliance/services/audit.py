@@ -105,28 +105,40 @@ class AuditLog:
             texts = audit_repo.entries(conn, start, end)
         return texts if canonical else [json.loads(e) for e in texts]
 
-    def _leaves(self, size: int) -> list[bytes]:
+    def _tree(self, size: int) -> merkle.LeafHashes:
+        """The process's copy of the log's leaf hashes, brought up to the stored head (the caller holds
+        audit_tree_lock). Only new leaves are read; remembered subtrees make each proof O(log n) after the
+        first. If the stored leaves no longer give the stored root (rows rewritten), it starts over from them."""
+        tree = self.app.audit_tree
         with self.app.db.read() as conn:
-            current = audit_repo.head(conn).size
-            if size > current:
-                raise NotFound(f"the log has {current} entries, not {size}")
-            return audit_repo.leaf_hashes(conn, size)
+            head = audit_repo.head(conn)
+            if size > head.size:
+                raise NotFound(f"the log has {head.size} entries, not {size}")
+            if len(tree) > head.size:
+                tree.truncate(0)
+            tree.extend(audit_repo.leaf_hashes(conn, head.size, start=len(tree)))
+            if tree.root_of(head.size) != bytes(head.root):
+                tree.truncate(0)
+                tree.extend(audit_repo.leaf_hashes(conn, head.size))
+        return tree
 
     def inclusion_proof(self, index: int, size: int) -> dict[str, Any]:
         if not 0 <= index < size:
             raise InvalidInput("need 0 <= index < size")
-        leaves = self._leaves(size)
-        proof = merkle.inclusion_proof(leaves, index, size)
-        return {"index": index, "size": size, "leaf_hash": _b64(leaves[index]),
-                "root": _b64(merkle.root(leaves)), "proof": [_b64(h) for h in proof]}
+        with self.app.audit_tree_lock:
+            tree = self._tree(size)
+            proof = merkle.inclusion_proof(tree, index, size)
+            return {"index": index, "size": size, "leaf_hash": _b64(tree[index]),
+                    "root": _b64(tree.root_of(size)), "proof": [_b64(h) for h in proof]}
 
     def consistency_proof(self, old: int, new: int) -> dict[str, Any]:
         if not 0 <= old <= new:
             raise InvalidInput("need 0 <= old <= new")
-        leaves = self._leaves(new)
-        proof = merkle.consistency_proof(leaves, old, new)
-        return {"old": old, "new": new, "old_root": _b64(merkle.root(leaves[:old])),
-                "new_root": _b64(merkle.root(leaves)), "proof": [_b64(h) for h in proof]}
+        with self.app.audit_tree_lock:
+            tree = self._tree(new)
+            proof = merkle.consistency_proof(tree, old, new)
+            return {"old": old, "new": new, "old_root": _b64(tree.root_of(old)),
+                    "new_root": _b64(tree.root_of(new)), "proof": [_b64(h) for h in proof]}
 
 
 def _b64(data: bytes) -> str:

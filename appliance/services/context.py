@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 
 from appliance import metrics
 from appliance.config import Settings, apply_environment
+from appliance.domain.merkle import LeafHashes
 from appliance.hsm import Curve, Hsm, KeySpec
 from appliance.signing import HsmSigner
 from appliance.store.db import Database
@@ -30,6 +32,9 @@ class Appliance:
     audit_signer: HsmSigner = field(init=False)
     #: the first policy bundle's hash as pinned in the token (services.policy), read once per process
     policy_anchor: str | None = field(default=None, init=False)
+    #: the audit log's leaf hashes with remembered subtrees (services.audit serves proofs from it), and its lock
+    audit_tree: LeafHashes = field(default_factory=LeafHashes, init=False)
+    audit_tree_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         h = self.settings.hsm

@@ -141,10 +141,11 @@ def entries(conn: Connection, start: int, end: int) -> list[str]:
     return [r.entry for r in rows]
 
 
-def leaf_hashes(conn: Connection, size: int) -> list[bytes]:
-    """The first `size` leaf hashes, in order (for proofs)."""
-    rows = _flushed(conn).execute(select(audit_entries.c.leaf_hash).where(audit_entries.c.idx < size)
-                        .order_by(audit_entries.c.idx))
+def leaf_hashes(conn: Connection, size: int, start: int = 0) -> list[bytes]:
+    """The leaf hashes with index in [start, size), in order (for proofs)."""
+    rows = _flushed(conn).execute(select(audit_entries.c.leaf_hash)
+                                  .where(audit_entries.c.idx >= start, audit_entries.c.idx < size)
+                                  .order_by(audit_entries.c.idx))
     return [bytes(r.leaf_hash) for r in rows]
 
 

@@ -95,6 +95,35 @@ def test_inclusion_and_consistency_proofs_verify(h: Harness) -> None:
                                   [base64.b64decode(x) for x in p["proof"]])
 
 
+def test_proofs_stay_right_as_the_log_grows_and_after_it_is_rewritten(h: Harness) -> None:
+    """Proofs come from a per-process copy of the leaves with remembered subtrees: it must follow new entries,
+    and rows rewritten behind it (a restored or tampered database) must not leave it serving the old tree."""
+    from appliance.services.audit import AuditLog
+
+    log = AuditLog(h.app_ctx)
+
+    def check(size: int) -> None:
+        entries = h.client.get(f"/v1/audit/entries?start=0&end={size}").get_json()["entries"]
+        leaves = [merkle.leaf_hash(canonical_json(e)) for e in entries]
+        for index in (0, size // 2, size - 1):
+            p = h.client.get(f"/v1/audit/proof/inclusion?index={index}&size={size}").get_json()
+            assert base64.b64decode(p["root"]) == merkle.root(leaves)
+            merkle.verify_inclusion(leaves[index], index, size, [base64.b64decode(x) for x in p["proof"]],
+                                    merkle.root(leaves))
+
+    for mints in (1, 2, 3):
+        activity(h, mints)
+        check(log.head().size)
+    size = log.head().size
+    with db(h) as conn:  # rewrite one leaf and the head to match, as a restore from another copy would
+        conn.execute("UPDATE audit_entries SET leaf_hash = ? WHERE idx = 1", (merkle.leaf_hash(b"other"),))
+        leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf_hash FROM audit_entries ORDER BY idx")]
+        conn.execute("UPDATE audit_head SET root = ?", (merkle.root(leaves),))
+    p = h.client.get(f"/v1/audit/proof/inclusion?index=1&size={size}").get_json()
+    assert base64.b64decode(p["leaf_hash"]) == merkle.leaf_hash(b"other")
+    assert base64.b64decode(p["root"]) == merkle.root(leaves)
+
+
 def test_bad_proof_queries_get_4xx(h: Harness) -> None:
     c = h.client
     assert c.get("/v1/audit/proof/inclusion?index=5&size=2").status_code == 400

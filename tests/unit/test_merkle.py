@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from appliance.domain.merkle import (
     EMPTY_ROOT,
     CompactRange,
+    LeafHashes,
     consistency_proof,
     first_divergence,
     inclusion_proof,
@@ -534,3 +535,58 @@ def test_first_divergence() -> None:
     assert first_divergence(a, changed[:5]) == 3
     assert first_divergence(a, [a[1], a[0], *a[2:]]) == 0
 
+
+
+# -- LeafHashes: remembered perfect subtrees give the same roots and proofs ----------------------------------------
+
+class SmallMemo(LeafHashes):
+    MEMO_MIN = 2  # remember subtrees from 4 leaves up, so that small trees exercise the memo
+
+
+@pytest.mark.parametrize("cls", [LeafHashes, SmallMemo])
+def test_leaf_hashes_match_the_reference_for_every_size_index_and_pair_up_to_300(cls: type[LeafHashes]) -> None:
+    tree = cls(LEAVES)
+    for new_size in range(0, EXHAUSTIVE + 1):
+        assert tree.root_of(new_size) == REF.mth(0, new_size), new_size
+    for size in range(1, EXHAUSTIVE + 1, 7):
+        for index in range(size):
+            assert inclusion_proof(tree, index, size) == REF.path(index, 0, size), (index, size)
+        for old_size in range(1, size + 1):
+            assert consistency_proof(tree, old_size, size) == REF.proof(old_size, size), (old_size, size)
+
+
+def test_leaf_hashes_grown_one_at_a_time_never_serve_a_stale_subtree() -> None:
+    tree = SmallMemo()
+    for size in range(1, 130):
+        tree.extend([LEAVES[size - 1]])
+        assert tree.root_of(size) == REF.mth(0, size)
+        assert inclusion_proof(tree, size // 2, size) == REF.path(size // 2, 0, size)
+
+
+def test_truncated_leaf_hashes_forget_what_they_no_longer_hold() -> None:
+    tree = SmallMemo(LEAVES[:200])
+    tree.root_of(200)
+    tree.truncate(100)
+    other = make_leaves(100, salt=b"other")
+    tree.extend(other)
+    expected = Reference(LEAVES[:100] + other)
+    assert tree.root_of(200) == expected.mth(0, 200)
+    assert inclusion_proof(tree, 150, 200) == expected.path(150, 0, 200)
+
+
+def test_leaf_hashes_answer_from_memory_after_the_first_proof(hash_calls: Callable[[], int]) -> None:
+    size = 1 << 14
+    tree = LeafHashes(make_leaves(size + 5))
+    tree.root_of(size + 5)  # the first use hashes the tree once
+    before = hash_calls()
+    inclusion_proof(tree, 12345, size + 5)
+    consistency_proof(tree, 9999, size + 5)
+    tree.root_of(size)
+    assert hash_calls() - before < 4 * LeafHashes.MEMO_MIN * 20  # a few small subtrees, not the whole tree
+
+
+def test_leaf_hashes_refuse_what_is_not_a_hash() -> None:
+    with pytest.raises(InvalidInput):
+        LeafHashes([b"short"])
+    with pytest.raises(InvalidInput):
+        LeafHashes(LEAVES[:3]).root_of(4)
