@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -133,16 +133,28 @@ class Database:
 
     def _run(self, batch: list[_Pending[Any]], attempts: int) -> None:
         """Execute a batch in one transaction; every item ends with a result or an exception."""
-        deadline = time.monotonic() + self.timeout
+        # Every caller was promised an answer within the timeout of its own call: the batch waits for locks
+        # only until the earliest of their deadlines (not a fresh timeout on top of the time spent queued).
+        deadline = min(p.deadline for p in batch)
         for attempt in range(1, attempts + 1):
             for p in batch:
                 p.result, p.error = None, None
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                self._fail_all(batch, StorageUnavailable("timed out waiting for the store"))
+                return
             try:
                 with self.engine.connect() as conn:
                     conn = conn.execution_options(immediate=True)
                     conn.info[_BUFFERS] = _Buffers()
+                    if self.is_sqlite:  # the lock wait of BEGIN IMMEDIATE (set on the driver: no autobegin)
+                        driver = conn.connection.driver_connection
+                        assert driver is not None  # a checked-out connection
+                        driver.execute(f"PRAGMA busy_timeout={remaining_ms}")
                     try:
                         with conn.begin():
+                            if not self.is_sqlite:
+                                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {remaining_ms}")
                             if len(batch) == 1:
                                 batch[0].result = batch[0].fn(conn)
                             else:
@@ -154,6 +166,11 @@ class Database:
                                 raise _FlushFailed from exc
                     finally:
                         conn.info.pop(_BUFFERS, None)  # info outlives the checkout: never leak into the next one
+                        if self.is_sqlite:  # back to the default for whoever checks this connection out next
+                            with suppress(Exception):  # a broken connection is discarded by the pool anyway
+                                driver = conn.connection.driver_connection
+                                if driver is not None:
+                                    driver.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
                 return
             except sa_exc.DBAPIError as exc:
                 if isinstance(exc, sa_exc.IntegrityError) and len(batch) == 1:

@@ -322,3 +322,55 @@ def test_an_entry_appended_in_a_callers_own_rolled_back_savepoint_is_dropped(sto
     entries, head = _entries_and_head(store)
     assert [json.loads(e)["tag"] for e in entries] == ["outer"] and head.size == 1
     assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
+
+
+def test_queued_callers_behind_a_held_lock_each_fail_within_their_own_timeout(db_url: str) -> None:
+    """Time spent queued for the group commit counts against the bound: no caller waits ~2x the timeout."""
+    store = Database(db_url, timeout_seconds=0.5)
+    schema.upgrade(store)
+    store.write(audit_repo.ensure_head)
+    other = Database(db_url, timeout_seconds=5.0)
+    release, held = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        if store.is_sqlite:
+            import sqlite3
+
+            raw = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+            raw.execute("BEGIN EXCLUSIVE")
+            held.set()
+            release.wait(30)
+            raw.execute("ROLLBACK")
+            raw.close()
+            return
+        with other.engine.connect() as conn:
+            conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
+            held.set()
+            release.wait(30)
+            conn.rollback()
+
+    latencies: list[float] = []
+
+    def caller() -> None:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            append(store, 1)
+        latencies.append(time.monotonic() - started)
+
+    lock = threading.Thread(target=holder)
+    lock.start()
+    held.wait(5)
+    callers = []
+    try:
+        for _ in range(6):
+            callers.append(threading.Thread(target=caller))
+            callers[-1].start()
+            time.sleep(0.05)
+        for t in callers:
+            t.join()
+    finally:
+        release.set()
+        lock.join()
+        other.dispose()
+        store.dispose()
+    assert len(latencies) == 6 and max(latencies) < 0.5 + 0.3, latencies  # it was up to 2 x 0.5
