@@ -23,6 +23,7 @@ from appliance.errors import StorageUnavailable
 T = TypeVar("T")
 
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+_MIN_LEFT = 0.01  # seconds: a caller with less time left fails on its own instead of joining or leading a batch
 PING = "ping"
 
 
@@ -102,34 +103,42 @@ class Database:
         item = _Pending(fn, operation, time.monotonic() + self.timeout)
         with self._cv:
             self._queue.append(item)
-            while True:
-                if item.done:
-                    return item.outcome()
-                if not item.started and not self._leading:
-                    self._leading = True
-                    batch = [item] + [p for p in self._queue if p is not item][:self.max_batch - 1]
-                    for p in batch:
-                        p.started = True
-                        self._queue.remove(p)
-                    break
-                if not item.started:
-                    remaining = item.deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._queue.remove(item)
-                        self._failed(operation)
-                        raise StorageUnavailable(f"storage {operation} failed: timed out waiting for the store")
-                    self._cv.wait(remaining)
-                else:
-                    self._cv.wait()
-        try:
-            self._run(batch, attempts)
-        finally:
+        while True:
             with self._cv:
-                self._leading = False
-                for p in batch:
-                    p.done = True
-                self._cv.notify_all()
-        return item.outcome()
+                while True:
+                    if item.done:
+                        if not item.retry:
+                            return item.outcome()
+                        item.reset()  # its batch ran out of an earlier caller's time, not of this one's
+                        self._queue.append(item)
+                    if not item.started and not self._leading and item.deadline - time.monotonic() > _MIN_LEFT:
+                        # Lead a batch of the callers with time left: the batch waits for locks only until the
+                        # earliest of their deadlines, so one nearly expired caller must not cut others short.
+                        self._leading = True
+                        now = time.monotonic()
+                        batch = [item] + [p for p in self._queue
+                                          if p is not item and p.deadline - now > _MIN_LEFT][:self.max_batch - 1]
+                        for p in batch:
+                            p.started = True
+                            self._queue.remove(p)
+                        break
+                    if not item.started:
+                        remaining = item.deadline - time.monotonic()
+                        if remaining <= _MIN_LEFT:
+                            self._queue.remove(item)
+                            self._failed(operation)
+                            raise StorageUnavailable(f"storage {operation} failed: timed out waiting for the store")
+                        self._cv.wait(remaining)
+                    else:
+                        self._cv.wait()
+            try:
+                self._run(batch, attempts)
+            finally:
+                with self._cv:
+                    self._leading = False
+                    for p in batch:
+                        p.done = True
+                    self._cv.notify_all()
 
     def _run(self, batch: list[_Pending[Any]], attempts: int) -> None:
         """Execute a batch in one transaction; every item ends with a result or an exception."""
@@ -139,12 +148,12 @@ class Database:
         for attempt in range(1, attempts + 1):
             for p in batch:
                 p.result, p.error = None, None
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                self._fail_all(batch, StorageUnavailable("timed out waiting for the store"))
-                return
             try:
                 with self.engine.connect() as conn:
+                    remaining_ms = int((deadline - time.monotonic()) * 1000)  # after the pool's own wait
+                    if remaining_ms <= 0:
+                        self._fail_all(batch, StorageUnavailable("timed out waiting for the store"), deadline)
+                        return
                     conn = conn.execution_options(immediate=True)
                     conn.info[_BUFFERS] = _Buffers()
                     if self.is_sqlite:  # the lock wait of BEGIN IMMEDIATE (set on the driver: no autobegin)
@@ -155,6 +164,7 @@ class Database:
                         with conn.begin():
                             if not self.is_sqlite:
                                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = {remaining_ms}")
+                                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {remaining_ms}")
                             if len(batch) == 1:
                                 batch[0].result = batch[0].fn(conn)
                             else:
@@ -180,10 +190,10 @@ class Database:
                 if code in _RETRYABLE_PG and attempt < attempts and time.monotonic() < deadline:
                     time.sleep(0.005 * attempt)
                     continue
-                self._fail_all(batch, exc)
+                self._fail_all(batch, exc, deadline)
                 return
             except sa_exc.SQLAlchemyError as exc:
-                self._fail_all(batch, exc)
+                self._fail_all(batch, exc, deadline)
                 return
             except _FlushFailed as exc:
                 self._fail_all(batch, exc.__cause__ or exc)
@@ -192,9 +202,17 @@ class Database:
                 batch[0].error = exc
                 return
 
-    def _fail_all(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+    def _fail_all(self, batch: list[_Pending[Any]], exc: BaseException, deadline: float | None = None) -> None:
+        """Every item fails with StorageUnavailable, except (when the failure came as the batch's lock wait ran
+        out at `deadline`) callers with time of their own left: they are queued again (retry)."""
+        now = time.monotonic()
+        out_of_time = deadline is not None and now >= deadline - _MIN_LEFT
         for p in batch:
-            if p.error is None or isinstance(p.error, sa_exc.SQLAlchemyError) or p.result is not None:
+            store_failed = p.error is None or isinstance(p.error, sa_exc.SQLAlchemyError) or p.result is not None
+            if store_failed and out_of_time and p.deadline - now > _MIN_LEFT:
+                p.result, p.error, p.retry = None, None, True
+                continue
+            if store_failed:
                 self._failed(p.operation)
                 p.error = StorageUnavailable(f"storage {p.operation} failed: {_reason(exc)}")
                 p.error.__cause__ = exc
@@ -222,9 +240,14 @@ class _Pending(Generic[T]):
 
     def __init__(self, fn: Callable[[Connection], T], operation: str, deadline: float) -> None:
         self.fn, self.operation, self.deadline = fn, operation, deadline
-        self.started = self.done = False
+        self.started = self.done = self.retry = False
         self.result: T | None = None
         self.error: BaseException | None = None
+
+    def reset(self) -> None:
+        """Back to waiting (queued again after its batch ran out of another caller's time)."""
+        self.started = self.done = self.retry = False
+        self.result, self.error = None, None
 
     def outcome(self) -> T:
         if self.error is not None:

@@ -374,3 +374,61 @@ def test_queued_callers_behind_a_held_lock_each_fail_within_their_own_timeout(db
         other.dispose()
         store.dispose()
     assert len(latencies) == 6 and max(latencies) < 0.5 + 0.3, latencies  # it was up to 2 x 0.5
+
+
+def test_callers_who_join_late_get_their_own_time_not_an_earlier_callers(db_url: str) -> None:
+    """Two callers queue at once, two more 0.45 s later (timeout 0.5 s); the lock is released at 0.7 s. The
+    first two time out at 0.5 s; the late two must not fail with them: they get the lock when it is free."""
+    store = Database(db_url, timeout_seconds=0.5)
+    schema.upgrade(store)
+    store.write(audit_repo.ensure_head)
+    other = Database(db_url, timeout_seconds=5.0)
+    release, held = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        if store.is_sqlite:
+            import sqlite3
+
+            raw = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+            raw.execute("BEGIN EXCLUSIVE")
+            held.set()
+            release.wait(30)
+            raw.execute("ROLLBACK")
+            raw.close()
+            return
+        with other.engine.connect() as conn:
+            conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
+            held.set()
+            release.wait(30)
+            conn.rollback()
+
+    outcomes: dict[int, str] = {}
+
+    def caller(i: int) -> None:
+        try:
+            append(store, i)
+            outcomes[i] = "ok"
+        except StorageUnavailable:
+            outcomes[i] = "timed out"
+
+    lock = threading.Thread(target=holder)
+    lock.start()
+    held.wait(5)
+    started = time.monotonic()
+    callers = []
+    try:
+        for i, at in enumerate((0.0, 0.02, 0.45, 0.46)):
+            while time.monotonic() - started < at:
+                time.sleep(0.001)
+            callers.append(threading.Thread(target=caller, args=(i,)))
+            callers[-1].start()
+        while time.monotonic() - started < 0.7:
+            time.sleep(0.005)
+    finally:
+        release.set()
+        lock.join()
+        for t in callers:
+            t.join()
+        other.dispose()
+        store.dispose()
+    assert outcomes == {0: "timed out", 1: "timed out", 2: "ok", 3: "ok"}, outcomes
