@@ -316,19 +316,24 @@ class PolicyBundle:
         return json_digest(self.to_json())
 
 
-MINT_REQUESTER_ROLES = frozenset({"treasury", "cfo"})  # who may request a mint (and never counts for it)
+MINT_REQUESTER_ROLES = frozenset({"treasury", "cfo"})  # who may request or approve a mint
+POLICY_PROPOSER_ROLE = "security-admin"  # who may propose a policy change
 
 
 def unreachable_governance(bundle: PolicyBundle) -> list[Problem]:
     """The governance quorum, if the bundle's own enabled operators could never meet it: such a bundle could
     never be changed again (every change needs that quorum). Pure; raises nothing."""
     governance = bundle.policy.governance
-    holders = sum(1 for op in bundle.operators if op.enabled and op.roles & governance.eligible_roles)
-    if holders >= governance.approvals:
-        return []
-    return [Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
-                    f"{' or '.join(_ordered(governance.eligible_roles))} but only {holders} enabled operators "
-                    "hold those roles")]
+    enabled = [op for op in bundle.operators if op.enabled]
+    problems = []
+    if not any(POLICY_PROPOSER_ROLE in op.roles for op in enabled):
+        problems.append(Problem("operators", f"no enabled {POLICY_PROPOSER_ROLE} is left to propose a change"))
+    holders = sum(1 for op in enabled if op.roles & governance.eligible_roles)
+    if holders < governance.approvals:
+        problems.append(Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
+                                f"{' or '.join(_ordered(governance.eligible_roles))} but only {holders} enabled "
+                                "operators hold those roles"))
+    return problems
 
 
 def unreachable_mint_tiers(bundle: PolicyBundle) -> list[Problem]:
@@ -339,13 +344,13 @@ def unreachable_mint_tiers(bundle: PolicyBundle) -> list[Problem]:
     These are warnings, not errors: disabling a compromised officer must stay possible even when it leaves a
     small team unable to approve large mints until governance enrols someone."""
     enabled = [op for op in bundle.operators if op.enabled]
-    requesters = [op for op in enabled if op.roles & MINT_REQUESTER_ROLES]
+    requesters = [op for op in enabled if op.roles & MINT_REQUESTER_ROLES]  # approvers need these roles too
     if not requesters:
         return [Problem("operators", "no enabled operator can request a mint (roles "
                         f"{' or '.join(_ordered(MINT_REQUESTER_ROLES))})")]
 
     def holders(roles: frozenset[str], besides: Operator) -> int:
-        return sum(1 for op in enabled if op.roles & roles and op is not besides)
+        return sum(1 for op in requesters if op.roles & roles and op is not besides)
 
     def tier_problems(i: int, tier: Tier, requester: Operator) -> list[Problem]:
         found = []

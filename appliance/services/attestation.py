@@ -232,8 +232,10 @@ class AttestationService:
 
     def _unreserve(self, seq: int, requested_by: str, reserved_at: int) -> None:
         def undo(conn: Connection) -> None:
-            conn.execute(delete(attestations).where(attestations.c.seq == seq, attestations.c.jws == "",
-                                                    attestations.c.issued_at == reserved_at))
+            deleted = conn.execute(delete(attestations).where(attestations.c.seq == seq, attestations.c.jws == "",
+                                                              attestations.c.issued_at == reserved_at)).rowcount
+            if deleted != 1:
+                return  # already dropped as abandoned (and audited then); this seq may be someone else's now
             self.audit.record(conn, actor=requested_by, action="attestation.failed", subject=str(seq),
                               details={"reason": "the HSM could not sign"}, policy_hash=None)
 

@@ -12,12 +12,19 @@ from appliance import metrics
 from appliance.domain import checkpoint as notes
 from appliance.domain import merkle
 from appliance.domain.canonical import canonical_json
-from appliance.errors import InvalidInput, NotFound
+from appliance.errors import InfrastructureError, InvalidInput, NotFound
 from appliance.services.context import Appliance, rfc3339
 from appliance.store import audit_repo
 from appliance.store.tables import policy_bundles
 
 MAX_PAGE = 1000
+
+
+class AuditLogInconsistent(InfrastructureError):
+    """The stored entries and the stored head disagree (rows lost or rewritten): a server fault, not the client's."""
+
+    slug = "audit-log-inconsistent"
+    title = "The stored audit log does not match its head"
 
 
 class AuditLog:
@@ -117,9 +124,13 @@ class AuditLog:
             if len(tree) > head.size:
                 tree.truncate(0)
             tree.extend(audit_repo.leaf_hashes(conn, head.size, start=len(tree)))
-            if tree.root_of(head.size) != bytes(head.root):
+            if len(tree) != head.size or tree.root_of(head.size) != bytes(head.root):
                 tree.truncate(0)
                 tree.extend(audit_repo.leaf_hashes(conn, head.size))
+                if len(tree) != head.size or tree.root_of(head.size) != bytes(head.root):
+                    tree.truncate(0)
+                    raise AuditLogInconsistent("the stored audit entries do not give the stored tree head: "
+                                               "no proof is served from them (run `appliance audit verify`)")
         return tree
 
     def inclusion_proof(self, index: int, size: int) -> dict[str, Any]:

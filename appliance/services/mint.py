@@ -458,12 +458,13 @@ class MintService:
             metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
             return stored
         with self.app.db.read() as conn:
-            reserved = conn.execute(select(mint_authorizations.c.reserved_at)
+            reserved = conn.execute(select(mint_authorizations.c.reserved_at, mint_authorizations.c.claimed_at)
                                     .where(mint_authorizations.c.request_id == request_id)).first()
             row = self._row(conn, request_id)
         if reserved is not None:
-            if self.app.now() - reserved.reserved_at >= RECOVERY_AFTER_SECONDS and self._claim(
-                    request_id, reserved.reserved_at, row.policy_hash):
+            last_taken = reserved.claimed_at if reserved.claimed_at is not None else reserved.reserved_at
+            if self.app.now() - last_taken >= RECOVERY_AFTER_SECONDS and self._claim(
+                    request_id, reserved.reserved_at, reserved.claimed_at, row.policy_hash):
                 return self._sign(request_id)
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
         now = self.app.now()
@@ -488,21 +489,25 @@ class MintService:
         """The request's status as of now: a pending request past its TTL is expired (derived, not stored)."""
         return "expired" if row.status == "pending" and now >= row.expires_at else str(row.status)
 
-    def _claim(self, request_id: str, seen_reserved_at: int, policy_hash: str) -> bool:
-        """Take over a stale unsigned reservation (compare-and-set on reserved_at), durably and audited.
+    def _claim(self, request_id: str, reserved_at: int, seen_claimed_at: int | None, policy_hash: str) -> bool:
+        """Take over a stale unsigned reservation (compare-and-set on claimed_at), durably and audited.
 
-        Of several callers recovering the same reservation at once only one wins. The winner checks again
-        what may have changed since the reservation (validity window, quorum under the current operators,
-        the stored request): if anything no longer holds, the reservation is voided (audited, PolicyViolation)
-        and nothing is signed."""
+        Of several callers recovering the same reservation at once only one wins. The winner checks again what
+        may have changed since the reservation: the validity window (now), and the quorum under the current
+        policy and operators as it stood when the reservation was made (so the approvals' and the request's
+        TTLs, which had not run out then, do not void it). If anything no longer holds, the reservation is
+        voided (audited, PolicyViolation) and nothing is signed. reserved_at itself never changes (the
+        velocity window and the reserve guard count the amount from it)."""
         now = self.app.now()
 
         def claim(conn: Connection) -> tuple[bool, list[str]]:
+            audit_repo.lock_head(conn)  # first, as reserve() does: the policy read below is then current
+            unclaimed = (mint_authorizations.c.claimed_at.is_(None) if seen_claimed_at is None
+                         else mint_authorizations.c.claimed_at == seen_claimed_at)
             taken = conn.execute(update(mint_authorizations)
                                  .where(mint_authorizations.c.request_id == request_id,
-                                        mint_authorizations.c.signature.is_(None),
-                                        mint_authorizations.c.reserved_at == seen_reserved_at)
-                                 .values(reserved_at=now)).rowcount == 1
+                                        mint_authorizations.c.signature.is_(None), unclaimed)
+                                 .values(claimed_at=now)).rowcount == 1
             if not taken:
                 return False, []
             row = self._row(conn, request_id)
@@ -510,7 +515,7 @@ class MintService:
             reasons = []
             if now >= row.valid_before:
                 reasons.append("the authorization's validity window has passed")
-            if not self._evaluate(conn, row, active, now).met:
+            if not self._evaluate(conn, row, active, reserved_at).met:
                 reasons.append("its quorum no longer holds under the current policy and operators")
             if self._digest(row) != row.digest or not self._request_is_authentic(conn, row):
                 reasons.append("the stored request does not match its requester's signed JWS")
@@ -521,7 +526,7 @@ class MintService:
                                   details={"reasons": reasons}, policy_hash=active.hash)
                 return False, reasons
             self.audit.record(conn, actor="appliance", action="mint.authorization.recovered",
-                              subject=request_id, details={"reserved_at": seen_reserved_at},
+                              subject=request_id, details={"reserved_at": reserved_at},
                               policy_hash=policy_hash)
             return True, []
 

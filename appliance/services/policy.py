@@ -28,6 +28,7 @@ from appliance import metrics
 from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import (
+    POLICY_PROPOSER_ROLE,
     PolicyBundle,
     parse_operators,
     parse_policy,
@@ -239,7 +240,7 @@ class PolicyService:
         now = self.app.now()
         active = self.active()
         who = auth.authenticate(token, active.bundle, typ=auth.TYP_POLICY_PROPOSAL,
-                                roles=frozenset({"security-admin"}), now=now)
+                                roles=frozenset({POLICY_PROPOSER_ROLE}), now=now)
         proposed = self._proposed_bundle(who.payload, active.bundle)
         digest = proposed.hash
         proposal_id = str(uuid.uuid4())

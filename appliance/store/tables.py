@@ -124,6 +124,7 @@ mint_authorizations = Table(
     Column("signature", String(132), nullable=True),
     Column("reserved_at", BigInteger, nullable=False),
     Column("signed_at", BigInteger, nullable=True),
+    Column("claimed_at", BigInteger, nullable=True),  # a stale reservation taken over by a recovering caller
 )
 
 attestations = Table(

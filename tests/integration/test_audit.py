@@ -163,6 +163,9 @@ def test_deleted_entry_is_detected(h: Harness) -> None:
     with db(h) as conn:
         conn.execute("DELETE FROM audit_entries WHERE idx = 3")
     _expect_divergence(h, state, 3)
+    # and the service itself refuses to serve proofs from entries that no longer give its head (503, not 400)
+    response = h.client.get(f"/v1/audit/proof/inclusion?index=0&size={state['size']}")
+    assert response.status_code == 503 and "audit-log-inconsistent" in response.get_json()["type"]
 
 
 def test_swapped_entries_are_detected(h: Harness) -> None:

@@ -552,3 +552,21 @@ def test_a_late_original_signer_does_not_replace_or_re_audit_the_stored_signatur
     assert late == recovered
     assert metric("appliance_mint_authorizations_total", outcome="signed") == signed
     assert [a for a, subject in _audit_actions(h) if subject == req["id"]].count("mint.authorization.signed") == 1
+
+
+def test_recovery_after_the_approvals_ttl_still_signs_the_reservation(h: Harness) -> None:
+    """The quorum is re-checked as it stood when the reservation was made: an outage longer than the approval
+    TTL does not void it (the approvals were fresh when the nonce was reserved)."""
+    req = stale_reservation(h)
+    h.clock.advance(3600 + 60)  # past approval_ttl_seconds, within the authorization's validity window
+    before = mint_signatures()
+    authz = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")
+    assert authz.status_code == 200, authz.get_json()
+    assert mint_signatures() - before == 1
+
+
+def test_a_reservation_past_its_validity_window_is_voided(h: Harness) -> None:
+    req = stale_reservation(h)
+    h.clock.advance(2 * 86400)
+    response = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")
+    assert response.status_code == 422 and "validity window" in json.dumps(response.get_json())

@@ -1056,3 +1056,23 @@ def test_a_bundle_where_no_one_can_request_a_mint_is_reported() -> None:
         if {"treasury", "cfo"} & set(op["roles"]):
             op["enabled"] = False
     assert [p.location for p in unreachable_mint_tiers(bundle(None, ops))] == ["operators"]
+
+
+def test_a_bundle_without_an_enabled_security_admin_could_never_be_changed() -> None:
+    from appliance.domain.policy import unreachable_governance
+
+    ops = operators_dict()
+    ops["operators"] = [op for op in ops["operators"] if "security-admin" not in op["roles"]]
+    policy = set_path(policy_dict(), ("governance", "eligible_roles"), ["cfo"])
+    policy = set_path(policy, ("governance", "approvals"), 1)
+    assert [p.location for p in unreachable_governance(bundle(policy, ops))] == ["operators"]
+
+
+def test_operators_who_cannot_approve_mints_do_not_make_a_tier_reachable() -> None:
+    """Approving needs treasury or cfo: a tier open to security-admins counts only those who also hold one."""
+    from appliance.domain.policy import unreachable_mint_tiers
+
+    tier = {"approvals": 2, "eligible_roles": ["cfo", "security-admin"], "required": {"security-admin": 1}}
+    policy = set_path(policy_dict(), ("mint", "tiers", 1), tier)
+    found = [p.location for p in unreachable_mint_tiers(bundle(policy))]
+    assert found == ["policy.mint.tiers[1].required.security-admin"]
