@@ -162,9 +162,9 @@ class Database:
                         driver.execute(f"PRAGMA busy_timeout={remaining_ms}")
                     try:
                         with conn.begin():
-                            if not self.is_sqlite:
-                                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {remaining_ms}")
-                                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {remaining_ms}")
+                            if not self.is_sqlite:  # one round trip: both limits, for this transaction only
+                                conn.exec_driver_sql(f"SELECT set_config('lock_timeout', '{remaining_ms}', true), "
+                                                     f"set_config('statement_timeout', '{remaining_ms}', true)")
                             if len(batch) == 1:
                                 batch[0].result = batch[0].fn(conn)
                             else:
