@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +99,14 @@ def test_a_failed_transaction_leaves_nothing(store: Database) -> None:
         assert audit_repo.head(conn).size == 0
 
 
-def test_a_held_lock_fails_within_the_timeout(store: Database, db_url: str) -> None:
-    """A blocked store never hangs a request: the write gives up within the configured bound."""
-    other = Database(db_url, timeout_seconds=5.0)
+@contextmanager
+def write_lock_held(db_url: str) -> Iterator[None]:
+    """Another client holds the store's write lock for the block (SQLite: an exclusive transaction;
+    PostgreSQL: the audit head row locked FOR UPDATE)."""
     release, held = threading.Event(), threading.Event()
 
     def holder() -> None:
-        if store.is_sqlite:  # a separate client holding the write lock
+        if db_url.startswith("sqlite"):
             import sqlite3
 
             raw = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
@@ -113,23 +116,32 @@ def test_a_held_lock_fails_within_the_timeout(store: Database, db_url: str) -> N
             raw.execute("ROLLBACK")
             raw.close()
             return
-        with other.engine.connect() as conn:
-            conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
-            held.set()
-            release.wait(30)
-            conn.rollback()
+        other = Database(db_url, timeout_seconds=5.0)
+        try:
+            with other.engine.connect() as conn:
+                conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
+                held.set()
+                release.wait(30)
+                conn.rollback()
+        finally:
+            other.dispose()
 
     thread = threading.Thread(target=holder)
     thread.start()
-    held.wait(5)
-    started = time.monotonic()
+    assert held.wait(5)
     try:
-        with pytest.raises(StorageUnavailable):
-            append(store, 1)
+        yield
     finally:
         release.set()
         thread.join()
-        other.dispose()
+
+
+def test_a_held_lock_fails_within_the_timeout(store: Database, db_url: str) -> None:
+    """A blocked store never hangs a request: the write gives up within the configured bound."""
+    with write_lock_held(db_url):
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            append(store, 1)
     assert time.monotonic() - started < 2.0 + 1.5
 
 
@@ -329,26 +341,6 @@ def test_queued_callers_behind_a_held_lock_each_fail_within_their_own_timeout(db
     store = Database(db_url, timeout_seconds=0.5)
     schema.upgrade(store)
     store.write(audit_repo.ensure_head)
-    other = Database(db_url, timeout_seconds=5.0)
-    release, held = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        if store.is_sqlite:
-            import sqlite3
-
-            raw = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
-            raw.execute("BEGIN EXCLUSIVE")
-            held.set()
-            release.wait(30)
-            raw.execute("ROLLBACK")
-            raw.close()
-            return
-        with other.engine.connect() as conn:
-            conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
-            held.set()
-            release.wait(30)
-            conn.rollback()
-
     latencies: list[float] = []
 
     def caller() -> None:
@@ -357,21 +349,16 @@ def test_queued_callers_behind_a_held_lock_each_fail_within_their_own_timeout(db
             append(store, 1)
         latencies.append(time.monotonic() - started)
 
-    lock = threading.Thread(target=holder)
-    lock.start()
-    held.wait(5)
     callers = []
     try:
-        for _ in range(6):
-            callers.append(threading.Thread(target=caller))
-            callers[-1].start()
-            time.sleep(0.05)
-        for t in callers:
-            t.join()
+        with write_lock_held(db_url):
+            for _ in range(6):
+                callers.append(threading.Thread(target=caller))
+                callers[-1].start()
+                time.sleep(0.05)
+            for t in callers:
+                t.join()
     finally:
-        release.set()
-        lock.join()
-        other.dispose()
         store.dispose()
     assert len(latencies) == 6 and max(latencies) < 0.5 + 0.3, latencies  # it was up to 2 x 0.5
 
@@ -382,26 +369,6 @@ def test_callers_who_join_late_get_their_own_time_not_an_earlier_callers(db_url:
     store = Database(db_url, timeout_seconds=0.5)
     schema.upgrade(store)
     store.write(audit_repo.ensure_head)
-    other = Database(db_url, timeout_seconds=5.0)
-    release, held = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        if store.is_sqlite:
-            import sqlite3
-
-            raw = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
-            raw.execute("BEGIN EXCLUSIVE")
-            held.set()
-            release.wait(30)
-            raw.execute("ROLLBACK")
-            raw.close()
-            return
-        with other.engine.connect() as conn:
-            conn.execute(text("SELECT * FROM audit_head FOR UPDATE"))
-            held.set()
-            release.wait(30)
-            conn.rollback()
-
     outcomes: dict[int, str] = {}
 
     def caller(i: int) -> None:
@@ -411,24 +378,19 @@ def test_callers_who_join_late_get_their_own_time_not_an_earlier_callers(db_url:
         except StorageUnavailable:
             outcomes[i] = "timed out"
 
-    lock = threading.Thread(target=holder)
-    lock.start()
-    held.wait(5)
-    started = time.monotonic()
     callers = []
     try:
-        for i, at in enumerate((0.0, 0.02, 0.45, 0.46)):
-            while time.monotonic() - started < at:
-                time.sleep(0.001)
-            callers.append(threading.Thread(target=caller, args=(i,)))
-            callers[-1].start()
-        while time.monotonic() - started < 0.7:
-            time.sleep(0.005)
-    finally:
-        release.set()
-        lock.join()
+        with write_lock_held(db_url):
+            started = time.monotonic()
+            for i, at in enumerate((0.0, 0.02, 0.45, 0.46)):
+                while time.monotonic() - started < at:
+                    time.sleep(0.001)
+                callers.append(threading.Thread(target=caller, args=(i,)))
+                callers[-1].start()
+            while time.monotonic() - started < 0.7:
+                time.sleep(0.005)
         for t in callers:
             t.join()
-        other.dispose()
+    finally:
         store.dispose()
     assert outcomes == {0: "timed out", 1: "timed out", 2: "ok", 3: "ok"}, outcomes
