@@ -422,7 +422,8 @@ def test_a_future_supply_as_of_is_named_as_the_supply(h: Harness) -> None:
     from datetime import UTC, datetime
 
     reserves, supply, _ = inputs(h)
-    h.clock.now = max(h.clock.now, datetime.fromisoformat(reserves["as_of"].replace("Z", "+00:00")).timestamp())
+    # the clock at the reports' own as_of, so that only the supply's as_of is wrong whatever today's date is
+    h.clock.now = datetime.fromisoformat(reserves["as_of"].replace("Z", "+00:00")).timestamp() + 60
     future = datetime.fromtimestamp(h.clock.now + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     token = h.jws("grace", auth.TYP_ATTESTATION_REQUEST,
                   {"reserves": reserves, "supply": later(supply, future), "holders_csv": None})
