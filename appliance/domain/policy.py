@@ -14,10 +14,12 @@ import binascii
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 
 from appliance.domain.canonical import json_digest
 from appliance.domain.eip712 import to_checksum_address
+from appliance.domain.jose import thumbprint
 from appliance.errors import InvalidInput, PolicyViolation, Problem
 
 ROLES = frozenset({"treasury", "cfo", "security-admin", "auditor"})
@@ -127,7 +129,7 @@ class OperatorSet:
     Construction raises InvalidInput when two operators share a name or a public key.
     """
 
-    __slots__ = ("_by_name",)
+    __slots__ = ("_by_name", "_by_kid")
 
     def __init__(self, operators: Iterable[Operator]) -> None:
         ops = list(operators)
@@ -135,6 +137,7 @@ class OperatorSet:
         if problems:
             raise InvalidInput("an operator is enrolled twice", problems)
         self._by_name: dict[str, Operator] = {op.name: op for op in sorted(ops, key=lambda o: o.name)}
+        self._by_kid: dict[str, Operator] | None = None
 
     def __iter__(self) -> Iterator[Operator]:
         return iter(self._by_name.values())
@@ -154,6 +157,19 @@ class OperatorSet:
     def get(self, name: str) -> Operator | None:
         """The operator enrolled under exactly this name, or None."""
         return self._by_name.get(name)
+
+    def by_kid(self, kid: str) -> Operator | None:
+        """The operator whose key's RFC 7638 thumbprint is `kid`, or None. The index is built on first use;
+        a key that has no thumbprint (not a valid JWK) names nobody."""
+        if self._by_kid is None:
+            index = {}
+            for op in self:
+                try:
+                    index[thumbprint(dict(op.jwk))] = op
+                except InvalidInput:
+                    continue
+            self._by_kid = index
+        return self._by_kid.get(kid)
 
     def with_role(self, role: str) -> list[Operator]:
         """Operators holding `role` (enabled or not), in name order."""
@@ -310,9 +326,10 @@ class PolicyBundle:
             raise InvalidInput(f"the policy bundle has {len(problems)} problem(s)", problems)
         return PolicyBundle(policy, operators)
 
-    @property
+    @cached_property
     def hash(self) -> str:
-        """Lowercase hex SHA-256 of the RFC 8785 canonical JSON of to_json()."""
+        """Lowercase hex SHA-256 of the RFC 8785 canonical JSON of to_json() (computed once: a bundle is
+        immutable, and every request reads the active one)."""
         return json_digest(self.to_json())
 
 

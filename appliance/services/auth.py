@@ -8,7 +8,9 @@ transaction as the state change so a replay is refused across restarts and insta
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +49,20 @@ PAST_TENSE = {"approve": "approved", "reject": "rejected"}  # decisions as audit
 def _operator_for_kid(bundle: PolicyBundle, kid: object) -> Operator:
     if not isinstance(kid, str):
         raise Unauthenticated("the JWS header needs a `kid`: the RFC 7638 thumbprint of your enrolled key")
-    for op in bundle.operators:
-        if jose.thumbprint(dict(op.jwk)) == kid:
-            return op
-    raise Unauthenticated("no enrolled operator has the key named by `kid`")
+    operator = bundle.operators.by_kid(kid)
+    if operator is None:
+        raise Unauthenticated("no enrolled operator has the key named by `kid`")
+    return operator
+
+
+@functools.lru_cache(maxsize=16384)
+def _verify_operator_signature(token: str, jwk: Mapping[str, str], typ: str) -> None:
+    """jose.verify_compact of an operator's token under exactly this key and typ; raises if it fails.
+
+    Only successes are remembered (lru_cache never caches an exception): the same token text under the same
+    key always verifies, so a stored approval is not verified again on every quorum evaluation, while a row
+    whose text was edited misses the cache and is verified for real."""
+    jose.verify_compact(token, dict(jwk), algs=OPERATOR_ALGS, typ=typ, location="jws")
 
 
 def authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str], now: int) -> Authenticated:
@@ -71,7 +83,7 @@ def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: froze
         raise Unauthenticated(f"the JWS `typ` must be {typ!r} for this operation")
     operator = _operator_for_kid(bundle, parsed.header.get("kid"))
     try:
-        jose.verify_compact(token, dict(operator.jwk), algs=OPERATOR_ALGS, typ=typ, location="jws")
+        _verify_operator_signature(token, operator.jwk, typ)
     except ApplianceError as exc:
         raise Unauthenticated(f"the signature of {operator.name} does not verify: {exc.detail}") from exc
     if not operator.enabled:
@@ -101,7 +113,7 @@ def verify_stored(token: str, bundle: PolicyBundle, typ: str) -> tuple[Operator,
         if parsed.header.get("typ") != typ:
             return None
         operator = _operator_for_kid(bundle, parsed.header.get("kid"))
-        jose.verify_compact(token, dict(operator.jwk), algs=OPERATOR_ALGS, typ=typ, location="jws")
+        _verify_operator_signature(token, operator.jwk, typ)
         payload = parse_json_strict(parsed.payload, "jws.payload")
     except ApplianceError:
         return None

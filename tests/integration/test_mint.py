@@ -473,6 +473,28 @@ def test_an_approval_row_inserted_in_the_database_does_not_count(h: Harness) -> 
     assert mint_signatures() == before + 1
 
 
+def test_a_verified_approval_whose_stored_signature_is_then_altered_no_longer_counts(h: Harness) -> None:
+    """Verified signatures are remembered per exact token text: an edited row is verified again, and fails."""
+    from appliance.store.tables import mint_approvals
+    req = created(h)
+    assert h.approve("bob", req).status_code == 201
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["quorum"]["met"] is False  # bob verified
+    with h.app_ctx.db.engine.begin() as conn:
+        token = conn.execute(mint_approvals.select().where(mint_approvals.c.operator == "bob")).one().jws
+        head, body, sig = token.split(".")
+        flipped = sig[:10] + ("A" if sig[10] != "A" else "B") + sig[11:]
+        conn.execute(mint_approvals.update().where(mint_approvals.c.operator == "bob")
+                     .values(jws=f"{head}.{body}.{flipped}"))
+    _insert_approval(h, req, "carol", h.approval("carol", req))
+    before = mint_signatures()
+    assert _authorize(h, req) is None  # bob's altered row no longer verifies: only carol counts
+    assert mint_signatures() == before
+    with h.app_ctx.db.engine.begin() as conn:  # control: bob's genuine token restored, the quorum is met
+        conn.execute(mint_approvals.update().where(mint_approvals.c.operator == "bob").values(jws=token))
+    assert _authorize(h, req) is not None
+    assert mint_signatures() == before + 1
+
+
 def test_another_officers_approval_copied_under_a_new_name_counts_once(h: Harness) -> None:
     req = created(h)
     bobs = h.approval("bob", req)

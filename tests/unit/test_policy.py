@@ -1076,3 +1076,17 @@ def test_operators_who_cannot_approve_mints_do_not_make_a_tier_reachable() -> No
     policy = set_path(policy_dict(), ("mint", "tiers", 1), tier)
     found = [p.location for p in unreachable_mint_tiers(bundle(policy))]
     assert found == ["policy.mint.tiers[1].required.security-admin"]
+
+
+def test_operators_are_found_by_the_rfc7638_thumbprint_of_their_key() -> None:
+    operators = bundle().operators
+    for op in operators:
+        assert operators.by_kid(jose.thumbprint(dict(op.jwk))) is op
+    assert operators.by_kid("not-a-thumbprint") is None
+    assert operators.by_kid(jose.thumbprint(dict(next(iter(operators)).jwk)) + "A") is None
+
+
+def test_the_bundle_hash_is_computed_once_and_is_the_digest_of_its_canonical_json() -> None:
+    b = bundle()
+    from appliance.domain.canonical import json_digest
+    assert b.hash == json_digest(b.to_json()) and b.hash is b.hash
