@@ -43,7 +43,10 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
                 415: "unsupported-media-type"}.get(status, f"http-{status}")
-        response = problem(status, slug, exc.name, exc.description or exc.name)
+        detail = exc.description or exc.name
+        if status == 413 and request.max_content_length is not None:
+            detail = f"the body is larger than {request.max_content_length} bytes"
+        response = problem(status, slug, exc.name, detail)
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response

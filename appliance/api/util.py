@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from appliance.domain.canonical import parse_json_strict
 from appliance.errors import ClientError, InvalidInput, Problem
@@ -25,7 +26,21 @@ def json_body() -> Any:
     """The request body as strict JSON (no duplicate keys, no floats); 415 unless it is JSON."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
-    return parse_json_strict(request.get_data(cache=False), "body")
+    return parse_json_strict(_body(), "body")
+
+
+def _body() -> bytes:
+    """The whole body, or 413 when it is larger than the limit, whether or not it declared its length.
+
+    Werkzeug refuses a declared Content-Length over the limit, but it reads a chunked body only up to the limit
+    and returns that prefix without an error: a body that is larger must never be acted on in part."""
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)
+    data: bytes = request.environ["wsgi.input"].read(limit + 1)  # the server has undone the chunking
+    if len(data) > limit:
+        raise RequestEntityTooLarge(f"the body is larger than {limit} bytes")
+    return data
 
 
 def json_object(*required: str) -> dict[str, Any]:

@@ -247,3 +247,27 @@ def test_policy_change_and_cancellation_through_the_cli(service: Service, tmp_pa
     cancelled = json.loads(service.cli("mint", "cancel", req["id"], "--operator", "alice", "--key",
                                        service.key("alice"), "--json").stdout)
     assert cancelled["status"] == "cancelled"
+
+
+def test_the_real_server_refuses_a_chunked_body_over_the_limit(service: Service) -> None:
+    """gunicorn de-chunks the body; the appliance must still refuse it whole (413), not act on its first MiB."""
+    import http.client
+
+    host, port = service.url.removeprefix("http://").split(":")
+    limit = 1 << 20  # max_body_bytes of the dev configuration
+
+    def send(body: bytes) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+        conn.request("POST", "/v1/mint-requests", body=chunks, encode_chunked=True,
+                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        response = conn.getresponse()
+        status, text = response.status, response.read().decode()
+        conn.close()
+        return status, text
+
+    status, text = send(b'{"jws": "x"}' + b" " * limit + b"past the limit")
+    assert status == 413, text
+    assert "larger than 1048576 bytes" in text
+    status, text = send(b'{"jws": "not.a.jws"}')  # a small chunked body is read as usual
+    assert status in (400, 401), text

@@ -140,6 +140,9 @@ def test_same_operator_counts_once_new_signature_or_high_s_twin(h: Harness) -> N
     state = h.client.get(f"/v1/mint-requests/{req['id']}").get_json()
     assert [a["operator"] for a in state["approvals"]] == ["bob"]
     assert state["quorum"]["counted"] == ["bob"]
+    # past the jti check too: the twin written into the database under carol's name still counts once, as bob
+    _insert_approval(h, req, "carol", twin_jws)
+    assert h.client.get(f"/v1/mint-requests/{req['id']}").get_json()["quorum"]["counted"] == ["bob"]
 
 
 def test_replayed_jti_is_refused(h: Harness) -> None:
@@ -219,9 +222,16 @@ def test_bad_amounts_are_refused(h: Harness, amount: Any) -> None:
 
 def test_bad_addresses_are_refused(h: Harness) -> None:
     good = h.allowlist[0]
-    for bad in (good.lower(), good[:-1], good + "0", "0x" + "g" * 40, good[:-1] + ("A" if good[-1] != "A" else "B")):
+    flip = next(i for i, ch in enumerate(good) if i > 1 and ch.isalpha())  # a letter whose case carries checksum
+    mistyped = good[:flip] + good[flip].swapcase() + good[flip + 1:]
+    for bad, reason in ((good.lower(), "not checksummed"), (good[:-1], "40 hex digits, not 39"),
+                        (good + "0", "40 hex digits, not 41"), ("0x" + "g" * 40, "only hex digits"),
+                        (good[2:], "must start with 0x"), (mistyped, "invalid EIP-55 checksum")):
         response = h.request(to=bad)
-        assert response.status_code in (400, 422), bad
+        assert response.status_code == 400, bad  # refused as an address, before the allowlist is consulted
+        problems = response.get_json()["errors"]
+        assert [p["location"] for p in problems] == ["jws.payload.to"], bad
+        assert reason in problems[0]["message"], (bad, problems)
     response = h.request(to=eip712.to_checksum_address(bytes(20)))
     assert response.status_code == 422
     assert "allowlist" in json.dumps(response.get_json())
@@ -250,6 +260,27 @@ def test_velocity_limit_refuses_the_request_that_would_cross_it(h: Harness) -> N
     assert h.request(amount="1").status_code == 201
 
 
+def test_velocity_is_checked_again_when_pending_requests_are_authorized(h: Harness) -> None:
+    """Requests that each passed creation (nothing authorized yet) cannot together cross the limit."""
+    ten_million = str(10_000_000 * 10**6)
+    pending = [created(h, amount=ten_million) for _ in range(5)] + [created(h, amount="1")]  # 50,000,000 + 1 unit
+    for req in pending[:5]:  # above 1,000,000 tokens: 3 approvals including the cfo, who comes last
+        h.approve("bob", req)
+        h.approve("carol", req)
+    h.approve("bob", pending[5])
+    before = mint_signatures()
+    for req in pending[:5]:
+        assert h.approve("dave", req).get_json()["status"] == "authorized"
+    response = h.approve("carol", pending[5])
+    assert response.status_code == 422, response.get_json()
+    assert "velocity limit" in json.dumps(response.get_json())
+    assert mint_signatures() == before + 5
+    state = h.client.get(f"/v1/mint-requests/{pending[5]['id']}").get_json()
+    assert state["status"] == "pending" and state["authorization"] is None
+    again = h.client.get(f"/v1/mint-requests/{pending[5]['id']}/authorization")  # asking again: still refused
+    assert again.status_code == 422 and mint_signatures() == before + 5
+
+
 def test_garbage_bodies_get_clear_4xx(h: Harness) -> None:
     c = h.client
     assert c.post("/v1/mint-requests", data="{", content_type="application/json").status_code == 400
@@ -261,10 +292,33 @@ def test_garbage_bodies_get_clear_4xx(h: Harness) -> None:
     assert c.post("/v1/mint-requests", json=[1]).status_code == 400
     assert c.get("/v1/mint-requests/nope").status_code == 404
     assert c.delete("/v1/mint-requests").status_code == 405
-    assert c.post("/v1/mint-requests", data=b"x" * (2 << 20), content_type="application/json").status_code == 413
+    too_large = c.post("/v1/mint-requests", data=b"x" * (2 << 20), content_type="application/json")
+    assert too_large.status_code == 413
+    assert too_large.get_json()["detail"] == "the body is larger than 1048576 bytes"
     for response in (c.get("/nowhere"), c.post("/v1/mint-requests", data="{", content_type="application/json")):
         assert response.mimetype == "application/problem+json"
         assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_whole_not_cut_at_the_limit(h: Harness) -> None:
+    """A valid request followed by padding past the limit, sent without a Content-Length (chunked): 413, and no
+    request is created from the part that fits."""
+    import io
+
+    body = json.dumps({"jws": h.jws("alice", auth.TYP_MINT_REQUEST, {"to": h.allowlist[0], "amount": "1",
+                                                                      "chain_id": h.chain_id})}).encode()
+    limit = h.app_ctx.settings.max_body_bytes
+
+    def chunked(data: bytes) -> Any:
+        return h.client.post("/v1/mint-requests", input_stream=io.BytesIO(data), content_type="application/json",
+                             headers={"Transfer-Encoding": "chunked"},
+                             environ_overrides={"wsgi.input_terminated": True})
+
+    before = h.client.get("/v1/mint-requests").get_json()["total"]
+    response = chunked(body + b" " * (limit - len(body)) + b"trailing bytes past the limit")
+    assert response.status_code == 413, response.get_json()
+    assert h.client.get("/v1/mint-requests").get_json()["total"] == before
+    assert chunked(body + b" " * (limit - len(body))).status_code == 201  # exactly at the limit: accepted
 
 
 def test_cancel_by_requester_or_security_admin_only(h: Harness) -> None:
