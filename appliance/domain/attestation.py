@@ -521,15 +521,3 @@ def decide_attestation(latest: Issued | None, same_as_of: Issued | None, as_of: 
         raise Conflict(f"as_of {utc(when)} is not after the latest attestation's {utc(latest.as_of)} "
                        f"(seq {latest.seq}); as_of must increase")
     return Decision("issue", 1 if latest is None else latest.seq + 1)
-
-
-def decide_new(last: tuple[int, datetime, str] | None, existing_same_as_of: str | None, as_of: datetime,
-               digest: str) -> Literal["new", "same"]:
-    """decide_attestation in the older tuple form the attestation service uses: "new", "same" or Conflict.
-
-    last: (seq, as_of, figures digest) of the newest attestation; existing_same_as_of: the figures digest
-    already issued for this as_of, if any.
-    """
-    latest = None if last is None else Issued(last[0], last[1], last[2])
-    same = None if existing_same_as_of is None else Issued(0, as_of, existing_same_as_of)
-    return "same" if decide_attestation(latest, same, as_of, digest).action == "reuse" else "new"

@@ -141,11 +141,12 @@ class AttestationService:
             same = conn.execute(select(attestations).where(attestations.c.as_of == as_of)).first()
             last = conn.execute(select(attestations).where(attestations.c.jws != "")
                                 .order_by(attestations.c.seq.desc()).limit(1)).first()
-            decision = att.decide_new(
-                None if last is None else (last.seq, _parse_utc(last.as_of), last.figures_digest),
-                None if same is None else same.figures_digest, report.as_of, digest)
-            if decision == "same":
-                assert same is not None  # decide_new says "same" only when this as_of exists
+            decision = att.decide_attestation(
+                None if last is None else att.Issued(last.seq, _parse_utc(last.as_of), last.figures_digest),
+                None if same is None else att.Issued(same.seq, _parse_utc(same.as_of), same.figures_digest),
+                report.as_of, digest)
+            if decision.action == "reuse":
+                assert same is not None  # "reuse" only when this as_of exists
                 if same.jws == "":
                     raise AttestationInFlight(f"the attestation for {as_of} is being signed: ask again in a moment")
                 return "same", same

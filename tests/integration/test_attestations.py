@@ -142,7 +142,9 @@ def test_one_attestation_per_as_of(h: Harness) -> None:
     assert again.status_code == 200 and again.get_json()["jws"] == first.get_json()["jws"]  # idempotent
     changed = copy.deepcopy(reserves)
     changed["holdings"][0]["amount"] = "1"
-    assert attest(h, changed, supply).status_code == 409
+    refused = attest(h, changed, supply)
+    assert refused.status_code == 409
+    assert "already issued (seq 1) with other figures" in refused.get_json()["detail"]  # names the one issued
     assert attest(h, later(reserves, "2026-11-01T00:00:00Z"), later(supply, "2026-11-01T00:00:00Z")).status_code \
         == 409
     assert len(h.client.get("/v1/attestations").get_json()["items"]) == 1

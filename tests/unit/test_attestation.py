@@ -348,16 +348,6 @@ def test_an_as_of_not_after_the_latest_conflicts() -> None:
         att.decide_attestation(latest, att.Issued(4, T1, "d4"), T2, "d")  # the caller passed the wrong row
 
 
-def test_the_tuple_form_used_by_the_service() -> None:
-    assert att.decide_new(None, None, T1, "d") == "new"
-    assert att.decide_new((1, T1, "d"), "d", T1, "d") == "same"
-    assert att.decide_new((1, T1, "d"), None, T2, "e") == "new"
-    with pytest.raises(Conflict):
-        att.decide_new((1, T1, "d"), "d", T1, "other")
-    with pytest.raises(Conflict):
-        att.decide_new((2, T2, "e"), None, T1, "d")
-
-
 def test_times_are_written_in_the_payload_format() -> None:
     assert att.utc(datetime(999, 1, 2, 3, 4, 5, 999999, tzinfo=UTC)) == "0999-01-02T03:04:05Z"
     assert att.parse_utc("0999-01-02T03:04:05Z") == datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -191,13 +191,14 @@ def test_chain_faults_are_each_reported() -> None:
 def test_one_attestation_per_as_of() -> None:
     t1 = datetime(2026, 11, 24, tzinfo=UTC)
     t2 = datetime(2026, 11, 25, tzinfo=UTC)
-    assert att.decide_new(None, None, t1, "d") == "new"
-    assert att.decide_new((1, t1, "d"), "d", t1, "d") == "same"
+    assert att.decide_attestation(None, None, t1, "d") == att.Decision("issue", 1)
+    first = att.Issued(1, t1, "d")
+    assert att.decide_attestation(first, first, t1, "d") == att.Decision("reuse", 1)
+    with pytest.raises(Conflict, match=r"already issued \(seq 1\) with other figures"):
+        att.decide_attestation(first, first, t1, "other")
     with pytest.raises(Conflict):
-        att.decide_new((1, t1, "d"), "d", t1, "other")
-    with pytest.raises(Conflict):
-        att.decide_new((2, t2, "e"), None, t1, "d")
-    assert att.decide_new((1, t1, "d"), None, t2, "e") == "new"
+        att.decide_attestation(att.Issued(2, t2, "e"), None, t1, "d")
+    assert att.decide_attestation(first, None, t2, "e") == att.Decision("issue", 2)
 
 
 # -- liabilities ------------------------------------------------------------------------------------------------------
