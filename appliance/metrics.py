@@ -55,6 +55,7 @@ class StateSnapshot:
     checkpoint_size: int
     pending_requests: int
     last_attestation_time: float | None
+    last_attestation_as_of: float | None
     coverage_ratio: float | None
     under_backed: bool | None
     policy_version: str
@@ -80,6 +81,10 @@ class StateCollector(Collector):
         if s.last_attestation_time is not None:
             yield GaugeMetricFamily("appliance_attestation_last_timestamp_seconds",
                                     "Issue time of the latest reserve attestation.", value=s.last_attestation_time)
+        if s.last_attestation_as_of is not None:
+            yield GaugeMetricFamily("appliance_attestation_as_of_timestamp_seconds",
+                                    "The instant the latest reserve attestation's figures describe (its as_of).",
+                                    value=s.last_attestation_as_of)
         if s.coverage_ratio is not None:
             yield GaugeMetricFamily("appliance_attestation_coverage_ratio",
                                     "Reserves over supply in the latest attestation (1.0 = fully backed).",

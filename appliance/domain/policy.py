@@ -728,9 +728,12 @@ def check_new_request(policy: Policy, *, chain_id: int, to: str, amount: int, au
 
 @dataclass(frozen=True)
 class ReserveFacts:
-    """The latest reserve attestation, with reserves and supply already scaled to the token's base units."""
+    """The latest reserve attestation, with reserves and supply already scaled to the token's base units.
 
-    issued_at: int
+    `as_of` is the instant its figures describe (Unix seconds), not when it was signed: an attestation signed
+    today over last month's report is last month's evidence."""
+
+    as_of: int
     status: str
     reserves: int
     supply: int
@@ -740,8 +743,9 @@ def reserve_guard_reasons(policy: Policy, facts: ReserveFacts | None, *, authori
                           now: int) -> list[str]:
     """Why the reserve guard refuses a mint of `amount` at `now` (empty when it allows it or is disabled).
 
-    `authorized_since`: base units authorized since the attestation. Refused: no attestation, one older than
-    max_attestation_age_seconds, a status other than FULLY_BACKED, supply + authorized_since + amount > reserves.
+    `authorized_since`: base units authorized since the attestation. Refused: no attestation, one whose as_of is
+    older than max_attestation_age_seconds, a status other than FULLY_BACKED, supply + authorized_since + amount
+    > reserves.
     """
     guard = policy.reserve_guard
     if not guard.enabled:
@@ -749,9 +753,9 @@ def reserve_guard_reasons(policy: Policy, facts: ReserveFacts | None, *, authori
     if facts is None:
         return ["no reserve attestation yet"]
     reasons = []
-    if now - facts.issued_at > guard.max_attestation_age_seconds:
-        reasons.append(f"the latest attestation is older than {guard.max_attestation_age_seconds} s "
-                       f"(issued {now - facts.issued_at} s ago)")
+    if now - facts.as_of > guard.max_attestation_age_seconds:
+        reasons.append(f"the latest attestation's figures are older than {guard.max_attestation_age_seconds} s "
+                       f"(as of {now - facts.as_of} s ago)")
     if facts.status == "UNDER_BACKED":
         reasons.append("the latest attestation is UNDER_BACKED")
     elif facts.status != "FULLY_BACKED":  # fail closed on any status we do not know

@@ -154,7 +154,7 @@ class MintService:
         reserves = int(row.reserves_total) * scale // 10 ** row.reserves_decimals
         supply = int(row.supply_total) * scale // 10 ** row.supply_decimals
         since = self._authorized_since(conn, row.as_of_ts) * scale // 10 ** token_dec
-        facts = ReserveFacts(issued_at=row.issued_at, status=row.status, reserves=reserves, supply=supply)
+        facts = ReserveFacts(as_of=row.as_of_ts, status=row.status, reserves=reserves, supply=supply)
         return reserve_guard_reasons(bundle.policy, facts, authorized_since=since,
                                      amount=amount * scale // 10 ** token_dec, now=now)
 

@@ -33,7 +33,7 @@ def snapshot(app: Appliance) -> StateSnapshot:
     hsm_up = _check(app.hsm.ping)["ok"]
     store_up = _check(lambda: app.db.ping(audit_repo.touch_head))["ok"]
     audit_entries = checkpoint_size = pending = 0
-    last_time = ratio = None
+    last_time = last_as_of = ratio = None
     under: bool | None = None
     version, digest = "none", "none"
     try:
@@ -44,10 +44,11 @@ def snapshot(app: Appliance) -> StateSnapshot:
             pending = conn.execute(select(func.count()).select_from(mint_requests)
                                    .where(mint_requests.c.status == "pending",
                                           mint_requests.c.expires_at > app.now())).scalar_one()
-            row = conn.execute(select(attestations.c.issued_at, attestations.c.coverage_bps, attestations.c.status)
+            row = conn.execute(select(attestations.c.issued_at, attestations.c.as_of_ts, attestations.c.coverage_bps,
+                                      attestations.c.status)
                                .where(attestations.c.jws != "").order_by(attestations.c.seq.desc()).limit(1)).first()
             if row is not None:
-                last_time = float(row.issued_at)
+                last_time, last_as_of = float(row.issued_at), float(row.as_of_ts)
                 ratio = None if row.coverage_bps is None else row.coverage_bps / 10000
                 under = row.status == "UNDER_BACKED"
             bundle = conn.execute(select(policy_bundles.c.hash, policy_bundles.c.bundle)
@@ -59,7 +60,8 @@ def snapshot(app: Appliance) -> StateSnapshot:
         store_up = False
     return StateSnapshot(hsm_up=hsm_up, store_up=store_up, audit_entries=audit_entries,
                          checkpoint_size=checkpoint_size, pending_requests=int(pending),
-                         last_attestation_time=last_time, coverage_ratio=ratio, under_backed=under,
+                         last_attestation_time=last_time, last_attestation_as_of=last_as_of,
+                         coverage_ratio=ratio, under_backed=under,
                          policy_version=version, policy_hash=digest)
 
 

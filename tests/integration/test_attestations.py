@@ -296,6 +296,27 @@ def test_the_reserve_guard_gates_mints(h: Harness) -> None:
     assert "older than" in json.dumps(h.request(amount="1000000").get_json())
 
 
+def test_the_reserve_guard_judges_the_age_of_the_figures_not_of_the_signature(h: Harness) -> None:
+    """An attestation signed now over a report three days old is three days old evidence: the guard refuses."""
+    from datetime import UTC, datetime
+
+    from tests.integration.test_policy_changes import enact, tables
+
+    policy, _ = tables(h)
+    policy["reserve_guard"]["enabled"] = True  # max_attestation_age_seconds: 2 days
+    enact(h, policy)
+    reserves, supply, _ = inputs(h)
+    as_of = datetime.fromisoformat(reserves["as_of"].replace("Z", "+00:00")).timestamp()
+    h.clock.now = max(h.clock.now, as_of + 3 * 86400)
+    assert attest(h, reserves, supply).status_code == 201  # issued now, as of three days ago
+    refused = h.request(amount="1000000")
+    assert refused.status_code == 422
+    assert "figures are older than 172800 s" in json.dumps(refused.get_json())
+    stamp = datetime.fromtimestamp(h.clock.now - 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert attest(h, later(reserves, stamp), later(supply, stamp)).status_code == 201  # fresh figures
+    assert h.request(amount="1000000").status_code == 201
+
+
 def test_verify_cli_reports_a_malformed_file_by_name_as_a_failed_verification(h: Harness, tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -910,14 +910,14 @@ def test_an_empty_allowlist_allows_no_recipient() -> None:
 NOW = 1_800_000_000
 MAX_AGE = 172800
 NONE_YET = "no reserve attestation yet"
-STALE = f"the latest attestation is older than {MAX_AGE} s"
+STALE = f"the latest attestation's figures are older than {MAX_AGE} s"
 UNDER = "the latest attestation is UNDER_BACKED"
 UNKNOWN_STATUS = "the latest attestation has the unknown status"
 EXCEED = "supply "
 
 
 def facts(age: int = 60, status: str = "FULLY_BACKED", reserves: int = 1000, supply: int = 900) -> ReserveFacts:
-    return ReserveFacts(issued_at=NOW - age, status=status, reserves=reserves, supply=supply)
+    return ReserveFacts(as_of=NOW - age, status=status, reserves=reserves, supply=supply)
 
 
 @pytest.mark.parametrize(("enabled", "latest", "authorized", "amount", "reasons"), [
