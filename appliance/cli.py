@@ -150,7 +150,8 @@ def keys() -> None:
 def keys_export(obj: Context, fmt: str) -> None:
     """Print the public keys: a JWKS, PEM for openssl, or the audit signed-note verifier key.
 
-    With --config the keys are read from the HSM; otherwise they are fetched from the service (--url).
+    With --config the keys are read from the HSM; otherwise they are fetched from the service (--url); PEM is
+    made from the service's JWKS then, so a regulator gets it without the HSM.
     """
     if obj.config_path:
         from appliance.services import context
@@ -174,7 +175,9 @@ def keys_export(obj: Context, fmt: str) -> None:
     elif fmt == "note":
         click.echo(client.verifier_key())
     else:
-        raise click.UsageError("--format pem needs --config (the HSM); fetch the JWKS from the service instead")
+        from appliance.verify import jwks_pem
+
+        click.echo(jwks_pem(client.jwks()), nl=False)
 
 
 def _register() -> None:

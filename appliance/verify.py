@@ -199,5 +199,26 @@ def verify_liability(proof: dict[str, Any], attestation_jws: str, jwks: dict[str
     return payload
 
 
+def jwks_pem(jwks: dict[str, Any]) -> str:
+    """Each public key of a JWKS as PEM SubjectPublicKeyInfo, labelled with its purpose and kid, for openssl.
+
+    Raises InvalidInput when the JWKS is not an object with a list of valid public JWKs."""
+    from cryptography.hazmat.primitives import serialization
+
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(keys, list):
+        raise InvalidInput("a JWKS is an object with a list `keys`")
+    blocks = []
+    for i, jwk in enumerate(keys):
+        public = jose.public_key_from_jwk(jwk, f"keys[{i}]")
+        pem = public.public_bytes(serialization.Encoding.PEM,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+        label = f"# {jwk.get('purpose', 'key')}; kid {jose.thumbprint(jwk, f'keys[{i}]')}"
+        if "address" in jwk:
+            label += f"; address {jwk['address']}"
+        blocks.append(f"{label}\n{pem}")
+    return "".join(blocks)
+
+
 def _problem(text: str) -> Problem:
     return Problem("", text)

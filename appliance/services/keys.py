@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from appliance.hsm import check_keys
 from appliance.services.context import Appliance
-from appliance.signing import jwks, public_key_from_point
+from appliance.signing import jwks
 
 PURPOSE = {"mint": "mint authorization (EIP-712, secp256k1)",
            "attestation": "reserve attestation (JWS ES256, P-256)",
@@ -50,10 +48,7 @@ def public_jwks(app: Appliance) -> dict[str, Any]:
 
 
 def public_pems(app: Appliance) -> str:
-    """PEM SubjectPublicKeyInfo of each key, labelled, for openssl users."""
-    blocks = []
-    for purpose, signer in zip(PURPOSE, app.signers, strict=True):
-        pem = public_key_from_point(signer.spec.curve, signer.point).public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
-        blocks.append(f"# {purpose}: {PURPOSE[purpose]}; label {signer.spec.label}; kid {signer.key_id}\n{pem}")
-    return "".join(blocks)
+    """PEM SubjectPublicKeyInfo of each key, labelled, for openssl users (the same text as from the JWKS)."""
+    from appliance.verify import jwks_pem
+
+    return jwks_pem(public_jwks(app))

@@ -106,12 +106,19 @@ def test_the_signature_verifies_with_openssl(h: Harness, tmp_path: Path) -> None
     reserves, supply, _ = inputs(h)
     token = attest(h, reserves, supply).get_json()["jws"]
     head, body, sig = token.split(".")
-    signer = h.app_ctx.attestation_signer
-    pem = public_key_from_point(signer.spec.curve, signer.point).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     from appliance.domain.jose import raw_to_der
+    from appliance.services.keys import public_pems
 
-    (tmp_path / "pub.pem").write_bytes(pem)
+    # the PEM that `appliance keys export --format pem` prints, from the HSM or from the served JWKS alike
+    published = offline.jwks_pem(jwks(h))
+    assert public_pems(h.app_ctx) == published
+    blocks = published.split("# ")[1:]
+    assert [b.split(";")[0] for b in blocks] == ["mint", "attestation", "audit"]
+    pem = blocks[1].split("\n", 1)[1]
+    signer = h.app_ctx.attestation_signer
+    assert pem.encode() == public_key_from_point(signer.spec.curve, signer.point).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_text(pem)
     (tmp_path / "input").write_bytes(f"{head}.{body}".encode())
     (tmp_path / "sig").write_bytes(raw_to_der(base64.urlsafe_b64decode(sig + "==")))
     out = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "pub.pem"), "-signature",
