@@ -192,7 +192,11 @@ _register()
 
 
 def main() -> None:
-    """Entry point: one error path for every expected failure."""
+    """Entry point: one error path for every expected failure.
+
+    With --json an expected failure also prints a JSON object on stdout, {"ok": false, "error": {...}}, so a
+    script reading stdout never mistakes a failure for empty output; the message goes to stderr as always."""
+    as_json = "--json" in sys.argv[1:]
     try:
         code = cli.main(standalone_mode=False, prog_name="appliance")
         if isinstance(code, int) and code:
@@ -202,15 +206,25 @@ def main() -> None:
         sys.exit(EXIT_FAILED)
     except click.ClickException as exc:
         exc.show()
+        _json_failure(as_json, "usage", "Usage error", exc.format_message())
         sys.exit(exc.exit_code)
     except VerificationFailed as exc:
         click.echo(f"FAILED: {exc}", err=True)
+        _json_failure(as_json, exc.slug, exc.title, exc.detail, exc.problems)
         sys.exit(EXIT_FAILED)
     except ApplianceError as exc:
         click.echo(f"error: {exc}", err=True)
+        _json_failure(as_json, exc.slug, exc.title, exc.detail, exc.problems)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _json_failure(as_json: bool, slug: str, title: str, detail: str, problems: Any = ()) -> None:
+    if as_json:
+        error = {"type": slug, "title": title, "detail": detail,
+                 "errors": [{"location": p.location, "message": p.message} for p in problems]}
+        click.echo(json.dumps({"ok": False, "error": error}, indent=2))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,14 @@ def test_a_refused_request_prints_the_reason_and_exits_non_zero(service: Service
     out = service.cli("mint", "request", "--operator", "bob", "--key", service.key("alice"), "--to", to,
                       "--amount", "1", check=False)
     assert out.returncode != 0 and "not the key enrolled for bob" in out.stderr
+    # with --json a failure is a JSON object on stdout too; here one the service refused (422, not allowlisted)
+    zero = "0x" + "0" * 40
+    out = service.cli("mint", "request", "--operator", "alice", "--key", service.key("alice"), "--to", zero,
+                      "--amount", "1", "--chain-id", str(service.dev["chain_id"]), "--json", check=False)
+    assert out.returncode == 1 and "allowlist" in out.stderr
+    failure = json.loads(out.stdout)
+    assert failure["ok"] is False and failure["error"]["type"] == "policy-violation", failure
+    assert "allowlist" in json.dumps(failure["error"])
 
 
 def test_an_attestation_through_the_cli_verifies_offline_with_the_holder_proof(service: Service,
