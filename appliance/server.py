@@ -60,6 +60,8 @@ class Server(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 27: no control socket in $HOME
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Any:  # called in each worker because preload_app is off
         return build_wsgi(self.config_path)
