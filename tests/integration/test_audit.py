@@ -302,6 +302,43 @@ def test_unwritable_audit_store_signs_nothing(h: Harness) -> None:
                          json={"jws": final[0]}).get_json()["status"] == "authorized"
 
 
+@pytest.mark.parametrize("broken", ["read-only file", "database down"])
+def test_a_read_only_or_unreachable_store_signs_nothing(h: Harness, broken: str) -> None:
+    """Not only a held lock: a store opened read-only, or one that cannot be reached at all, fails closed too."""
+    from appliance import metrics as app_metrics
+    from appliance.store.db import Database
+
+    requests = []
+    for _ in range(20):
+        req = h.request().get_json()
+        assert h.approve("bob", req).status_code == 201
+        requests.append(req)
+    final = [h.approval("carol", r) for r in requests]
+    path = h.app_ctx.settings.storage_url.removeprefix("sqlite:///")
+    url = (f"sqlite:///file:{path}?mode=ro&uri=true" if broken == "read-only file"
+           else "postgresql://postgres@127.0.0.1:9/unreachable")  # nothing listens on the discard port
+    working, failing = h.app_ctx.db, Database(url, timeout_seconds=0.5)
+    failing.on_failure = lambda operation: app_metrics.AUDIT_WRITE_FAILURES.labels(operation).inc()
+    before_sig = metric("appliance_signatures_total", key="mint", outcome="ok")
+    before_fail = metric("appliance_audit_write_failures_total", operation="mint-approval")
+    h.app_ctx.db = failing
+    try:
+        responses = [h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": jws})
+                     for req, jws in zip(requests, final, strict=True)]
+        assert h.client.get("/readyz").status_code == 503
+    finally:
+        h.app_ctx.db = working
+        failing.dispose()
+    assert [r.status_code for r in responses] == [503] * 20
+    assert all(r.mimetype == "application/problem+json" for r in responses)
+    assert metric("appliance_signatures_total", key="mint", outcome="ok") == before_sig
+    assert metric("appliance_audit_write_failures_total", operation="mint-approval") - before_fail == 20
+    with h.app_ctx.db.read() as conn:  # nothing of it reached the store
+        assert conn.exec_driver_sql("SELECT count(*) FROM mint_authorizations").scalar() == 0
+    assert h.client.post(f"/v1/mint-requests/{requests[0]['id']}/approvals",
+                         json={"jws": final[0]}).get_json()["status"] == "authorized"
+
+
 def test_unwritable_store_signs_no_attestation(h: Harness) -> None:
     """The attestation's reservation (seq, prev, audit entry) is the first write: it fails, nothing is signed."""
     import json as _json
