@@ -370,7 +370,7 @@ class MintService:
             return None  # "unsigned": another thread or instance holds the reservation and is signing it
         if outcome == "refused":
             metrics.MINT_AUTHORIZATIONS.labels("refused").inc()
-            raise PolicyViolation("the authorization is refused", [Problem("policy", r) for r in data])
+            raise _refusal(data)
         return self._sign(request_id)
 
     def _refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int
@@ -390,6 +390,10 @@ class MintService:
             reasons.append("the stored digest does not match the stored fields")
         if not self._request_is_authentic(conn, row):
             reasons.append("the stored request does not match its requester's signed JWS")
+        other = conn.execute(select(mint_authorizations.c.request_id).where(
+            mint_authorizations.c.nonce == row.nonce, mint_authorizations.c.request_id != row.id)).first()
+        if other is not None:  # a nonce is signed at most once: another payload under it is refused for good
+            reasons.append(f"{NONCE_CONSUMED}: request {other.request_id} holds its authorization")
         return result, reasons
 
     def _sign(self, request_id: str) -> dict[str, Any]:
@@ -477,7 +481,7 @@ class MintService:
             if not result.met:
                 raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
             if reasons:
-                raise PolicyViolation("the authorization is refused", [Problem("policy", r) for r in reasons])
+                raise _refusal(reasons)
             issued = self.authorize(request_id) or self._stored_authorization(request_id)
             if issued is not None:
                 return issued
@@ -592,3 +596,16 @@ class MintService:
             {"id": r.id, "status": self._status(r, now),
              "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
              "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
+
+
+NONCE_CONSUMED = "the nonce of this request was already consumed"
+
+
+def _refusal(reasons: list[str]) -> ApplianceError:
+    """The error for reasons not to sign: 409 when the nonce is taken (the same nonce with another payload is a
+    conflict that no later change resolves), 422 for the policy's refusals (velocity, reserve guard, tampering)."""
+    problems = [Problem("policy", r) for r in reasons]
+    nonce = [r for r in reasons if r.startswith(NONCE_CONSUMED)]
+    if nonce:
+        return Conflict(f"the authorization is refused: {nonce[0]}", problems)
+    return PolicyViolation("the authorization is refused", problems)
