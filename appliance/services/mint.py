@@ -15,6 +15,7 @@ on-chain nonce makes a second signature over the same authorization harmless).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import uuid
 from types import SimpleNamespace
@@ -75,8 +76,9 @@ class MintService:
 
     def _digest(self, row: Any) -> str:
         """The EIP-712 digest recomputed from the stored canonical fields (never a stored or sent digest)."""
-        return "0x" + eip712.mint_digest(self._domain(row.chain_id, row.verifying_contract),
-                                         self._message(row)).hex()
+        s = self.app.settings
+        return _digest_of(s.eip712_name, s.eip712_version, row.chain_id, row.verifying_contract, row.to_address,
+                          row.amount, row.nonce, row.valid_after, row.valid_before)
 
     def _typed_data(self, row: Any) -> dict[str, Any]:
         return eip712.typed_data(self._domain(row.chain_id, row.verifying_contract), self._message(row))
@@ -596,6 +598,18 @@ class MintService:
             {"id": r.id, "status": self._status(r, now),
              "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
              "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest_of(name: str, version: str, chain_id: int, contract: str, to: str, amount: str, nonce: str,
+               valid_after: int, valid_before: int) -> str:
+    """The EIP-712 digest of exactly these field values. Pure, so remembered: a request's fields are hashed
+    again at every approval, reservation and signature, and each time costs checksum and struct keccaks.
+    Raises (and remembers nothing) for fields that do not make a MintAuthorization."""
+    domain = eip712.Eip712Domain(name, version, chain_id, contract)
+    message = eip712.MintAuthorization(to=to, amount=int(amount), nonce=bytes.fromhex(nonce[2:]),
+                                       valid_after=valid_after, valid_before=valid_before)
+    return "0x" + eip712.mint_digest(domain, message).hex()
 
 
 NONCE_CONSUMED = "the nonce of this request was already consumed"
