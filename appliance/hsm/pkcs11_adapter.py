@@ -73,6 +73,7 @@ class KeyAttributes:
     extractable: bool
     always_sensitive: bool
     never_extractable: bool
+    local: bool
     sign: bool
     derive: bool
     decrypt: bool
@@ -89,6 +90,14 @@ class KeyAttributes:
             found.append("is not CKA_SENSITIVE")
         if self.extractable:
             found.append("is CKA_EXTRACTABLE")
+        # A key that is sensitive and non-extractable now may still have left the HSM before: it must have been
+        # generated inside the token (CKA_LOCAL) and have been so from its creation on.
+        if not self.local:
+            found.append("was not generated in the token (CKA_LOCAL is false: imported)")
+        if self.sensitive and not self.always_sensitive:
+            found.append("was not always CKA_SENSITIVE (its private value may have been read out)")
+        if not self.extractable and not self.never_extractable:
+            found.append("was CKA_EXTRACTABLE once (it may have been exported)")
         if not self.sign:
             found.append("cannot sign")
         for name, allowed in (("derive", self.derive), ("decrypt", self.decrypt), ("unwrap", self.unwrap)):
@@ -109,6 +118,17 @@ _SESSION_LOST = (
     p11.ObjectHandleInvalid,
     p11.KeyHandleInvalid,
 )
+
+
+_OPEN_ATTEMPTS = 5  # a token not found, or an error listing it or logging in, is tried this often (about 0.5 s)
+
+
+class _Transient(Exception):
+    """Opening the token failed in a way another attempt may not: `error` is what to raise if it persists."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Hsm:
@@ -137,25 +157,43 @@ class Hsm:
             lib = pkcs11.lib(self._module)
         except (RuntimeError, OSError, p11.PKCS11Error) as exc:
             raise ConfigError(f"cannot load PKCS#11 module {self._module}: {exc}") from exc
+        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+            try:
+                self._session = self._login(lib)
+                return self._session
+            except _Transient as exc:
+                # SoftHSM2 rewrites a token's files at every login and reads its token list once, at C_Initialize:
+                # a process that initialized or logged in at that moment may not see the token (or gets a
+                # GeneralError) until it initializes again. So a missing token is believed only when it stays so.
+                if attempt == _OPEN_ATTEMPTS:
+                    raise exc.error from exc.__cause__
+            time.sleep(0.05 * attempt)
+            try:
+                lib.reinitialize()  # this Hsm has no session yet (another one in this process re-opens its own)
+            except p11.PKCS11Error:
+                pass  # the next attempt reports what is wrong
+        raise AssertionError("unreachable")
+
+    def _login(self, lib: Any) -> Any:
+        """Find the token and open a logged-in session; _Transient for what may succeed when tried again."""
         try:
             token = lib.get_token(token_label=self._token_label)
         except p11.NoSuchToken as exc:
-            raise ConfigError(f"no token labelled {self._token_label!r} in {self._module}"
-                              " (is SOFTHSM2_CONF pointing at the right token directory?)") from exc
+            raise _Transient(ConfigError(f"no token labelled {self._token_label!r} in {self._module}"
+                                         " (is SOFTHSM2_CONF pointing at the right token directory?)")) from exc
         except p11.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot list tokens: {type(exc).__name__}") from exc
+            raise _Transient(HsmUnavailable(f"cannot list tokens: {type(exc).__name__}")) from exc
         try:
-            self._session = token.open(user_pin=self._pin(), rw=True)
+            return token.open(user_pin=self._pin(), rw=True)
         except p11.UserAlreadyLoggedIn:
             # Login is per process and token: another session of ours is still logged in.
-            self._session = token.open(rw=True)
+            return token.open(rw=True)
         except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange) as exc:
             raise ConfigError(f"the PIN for token {self._token_label!r} is wrong") from exc
         except p11.PinLocked as exc:
             raise ConfigError(f"the user PIN of token {self._token_label!r} is locked") from exc
         except p11.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot open a session: {type(exc).__name__}") from exc
-        return self._session
+            raise _Transient(HsmUnavailable(f"cannot open a session: {type(exc).__name__}")) from exc
 
     def _drop_session(self) -> None:
         session, self._session, self._keys = self._session, None, {}
@@ -256,7 +294,8 @@ class Hsm:
                 label=label, token=flag(Attribute.TOKEN), private=flag(Attribute.PRIVATE),
                 sensitive=flag(Attribute.SENSITIVE), extractable=flag(Attribute.EXTRACTABLE),
                 always_sensitive=flag(Attribute.ALWAYS_SENSITIVE),
-                never_extractable=flag(Attribute.NEVER_EXTRACTABLE), sign=flag(Attribute.SIGN),
+                never_extractable=flag(Attribute.NEVER_EXTRACTABLE), local=flag(Attribute.LOCAL),
+                sign=flag(Attribute.SIGN),
                 derive=flag(Attribute.DERIVE), decrypt=flag(Attribute.DECRYPT), unwrap=flag(Attribute.UNWRAP))
 
         return self._call("attributes", read)
