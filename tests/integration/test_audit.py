@@ -270,14 +270,19 @@ def hold_write_lock(h: Harness) -> tuple[threading.Event, threading.Thread]:
     return release, thread
 
 
-def test_unwritable_audit_store_signs_nothing(h: Harness) -> None:
-    h.app_ctx.db.timeout = 0.05  # the configured bound on any wait for the store (default 5 s)
+def awaiting_final_approval(h: Harness, count: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """`count` requests approved by bob, and carol's final approval of each, signed but not sent."""
     requests = []
-    for _ in range(100):
+    for _ in range(count):
         req = h.request().get_json()
         assert h.approve("bob", req).status_code == 201
         requests.append(req)
-    final = [h.approval("carol", r) for r in requests]
+    return requests, [h.approval("carol", r) for r in requests]
+
+
+def test_unwritable_audit_store_signs_nothing(h: Harness) -> None:
+    h.app_ctx.db.timeout = 0.05  # the configured bound on any wait for the store (default 5 s)
+    requests, final = awaiting_final_approval(h, 100)
     before_sig = metric("appliance_signatures_total", key="mint", outcome="ok")
     before_fail = metric("appliance_audit_write_failures_total", operation="mint-approval")
     release, thread = hold_write_lock(h)
@@ -308,12 +313,7 @@ def test_a_read_only_or_unreachable_store_signs_nothing(h: Harness, broken: str)
     from appliance import metrics as app_metrics
     from appliance.store.db import Database
 
-    requests = []
-    for _ in range(20):
-        req = h.request().get_json()
-        assert h.approve("bob", req).status_code == 201
-        requests.append(req)
-    final = [h.approval("carol", r) for r in requests]
+    requests, final = awaiting_final_approval(h, 20)
     path = h.app_ctx.settings.storage_url.removeprefix("sqlite:///")
     url = (f"sqlite:///file:{path}?mode=ro&uri=true" if broken == "read-only file"
            else "postgresql://postgres@127.0.0.1:9/unreachable")  # nothing listens on the discard port
