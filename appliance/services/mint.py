@@ -70,9 +70,7 @@ class MintService:
         return eip712.Eip712Domain(s.eip712_name, s.eip712_version, chain_id, contract)
 
     def _message(self, row: Any) -> eip712.MintAuthorization:
-        return eip712.MintAuthorization(to=row.to_address, amount=int(row.amount),
-                                        nonce=bytes.fromhex(row.nonce[2:]), valid_after=row.valid_after,
-                                        valid_before=row.valid_before)
+        return _mint_message(row.to_address, row.amount, row.nonce, row.valid_after, row.valid_before)
 
     def _digest(self, row: Any) -> str:
         """The EIP-712 digest recomputed from the stored canonical fields (never a stored or sent digest)."""
@@ -607,9 +605,13 @@ def _digest_of(name: str, version: str, chain_id: int, contract: str, to: str, a
     again at every approval, reservation and signature, and each time costs checksum and struct keccaks.
     Raises (and remembers nothing) for fields that do not make a MintAuthorization."""
     domain = eip712.Eip712Domain(name, version, chain_id, contract)
-    message = eip712.MintAuthorization(to=to, amount=int(amount), nonce=bytes.fromhex(nonce[2:]),
-                                       valid_after=valid_after, valid_before=valid_before)
-    return "0x" + eip712.mint_digest(domain, message).hex()
+    return "0x" + eip712.mint_digest(domain, _mint_message(to, amount, nonce, valid_after, valid_before)).hex()
+
+
+def _mint_message(to: str, amount: str, nonce: str, valid_after: int, valid_before: int) -> eip712.MintAuthorization:
+    """The MintAuthorization of a request's stored fields (amount a decimal string, nonce 0x-hex)."""
+    return eip712.MintAuthorization(to=to, amount=int(amount), nonce=bytes.fromhex(nonce[2:]),
+                                    valid_after=valid_after, valid_before=valid_before)
 
 
 NONCE_CONSUMED = "the nonce of this request was already consumed"
