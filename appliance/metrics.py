@@ -32,6 +32,11 @@ HSM_LATENCY = Histogram("appliance_hsm_operation_seconds", "Latency of HSM opera
 AUDIT_WRITE_FAILURES = Counter("appliance_audit_write_failures_total",
                                "Durable writes (audit entry, nonce reservation) that failed; nothing was signed.",
                                ["operation"])
+INTEGRITY_FAILURES = Counter("appliance_integrity_failures_total",
+                             "Checks of the store against the anchor and the heads in the HSM token that failed "
+                             "(rollback, fork, rewrite); the appliance refused to act on it.", ["history"])
+for _history in ("policy", "audit", "attestation"):
+    INTEGRITY_FAILURES.labels(_history)  # exported at 0, so that increase() sees the first failure
 AUTH_FAILURES = Counter("appliance_auth_failures_total", "Requests refused for a bad operator signature.",
                         ["reason"])
 HTTP_REQUESTS = Counter("appliance_http_requests_total", "HTTP requests by route, method and status.",

@@ -121,25 +121,42 @@ def write_env(directory: Path, storage_url: str | None = None, token: str = TOKE
     return Env(directory, env.config, env.summary())
 
 
+def drop_token_state(config_path: Path) -> None:
+    """Destroy an environment's anchor and state objects in the session token: every environment has labels of
+    its own, and a token holding hundreds of data objects makes each search of it slower."""
+    from appliance import config
+    from appliance.hsm import Hsm
+
+    settings = config.load(config_path)
+    hsm = Hsm(settings.hsm.module, settings.hsm.token_label, settings.hsm.pin)
+    try:
+        for label in (settings.hsm.policy_anchor, settings.hsm.policy_anchor + ".state"):
+            hsm.destroy_data(label)
+    finally:
+        hsm.close()
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> Env:
+def env(tmp_path: Path) -> Iterator[Env]:
     """A fresh, initialized environment on SQLite (keys are shared through the session token)."""
     from appliance import config
     from appliance.services import setup
 
     e = write_env(tmp_path / "env")
     setup.init(config.load(e.config))
-    return e
+    yield e
+    drop_token_state(e.config)
 
 
 @pytest.fixture
-def pg_env(tmp_path: Path, pg_url: str) -> Env:
+def pg_env(tmp_path: Path, pg_url: str) -> Iterator[Env]:
     from appliance import config
     from appliance.services import setup
 
     e = write_env(tmp_path / "env", storage_url=pg_url)
     setup.init(config.load(e.config))
-    return e
+    yield e
+    drop_token_state(e.config)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def _json_file(path: Path) -> Any:
 
 
 @click.command("attest")
-@click.option("--operator", required=True, help="a treasury or auditor operator")
+@click.option("--operator", required=True, help="an auditor operator")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--reserves", "reserves_file", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -141,6 +141,8 @@ class Hsm:
         self._lock = threading.RLock()
         self._session: Any = None
         self._keys: dict[str, Any] = {}
+        self._data: dict[str, list[Any]] = {}  # data object handles by label (see data_values)
+        self._data_at: dict[str, float] = {}
         self._pid = os.getpid()
         #: called with (operation, seconds, ok) after each HSM call; metrics hook in here.
         self.observer: Callable[[str, float, bool], None] | None = None
@@ -150,7 +152,7 @@ class Hsm:
     def _open(self) -> Any:
         if self._pid != os.getpid():
             # A forked child inherits a session that is not valid in it: start over in this process.
-            self._session, self._keys, self._pid = None, {}, os.getpid()
+            self._session, self._keys, self._data, self._pid = None, {}, {}, os.getpid()
         if self._session is not None:
             return self._session
         try:
@@ -196,7 +198,7 @@ class Hsm:
             raise _Transient(HsmUnavailable(f"cannot open a session: {type(exc).__name__}")) from exc
 
     def _drop_session(self) -> None:
-        session, self._session, self._keys = self._session, None, {}
+        session, self._session, self._keys, self._data = self._session, None, {}, {}
         if session is not None:
             try:
                 session.close()
@@ -327,25 +329,75 @@ class Hsm:
     # -- data objects ------------------------------------------------------------------------------------------
 
     def read_data(self, label: str) -> bytes | None:
-        """The value of the private data object (CKO_DATA) labelled `label`, or None when there is none."""
-
-        def read(session: Any) -> bytes | None:
-            found = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
-            if len(found) > 1:
-                raise ConfigError(f"several data objects are labelled {label!r}: labels must be unique")
-            return bytes(found[0][Attribute.VALUE]) if found else None
-
-        return self._call("read-data", read)
+        """The value of the one data object (CKO_DATA) labelled `label`, or None when there is none."""
+        values = self.data_values(label, fresh=True)
+        if len(values) > 1:
+            raise ConfigError(f"several data objects are labelled {label!r}: labels must be unique")
+        return values[0] if values else None
 
     def store_data(self, label: str, value: bytes) -> None:
         """Create a token data object that only a logged-in user reads and nobody modifies (CKA_PRIVATE,
         CKA_MODIFIABLE=false): a fact the database must not be able to change."""
 
         def create(session: Any) -> None:
-            session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label, Attribute.VALUE: value,
-                                   Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.MODIFIABLE: False})
+            self._data[label] = [*self._data.get(label, []), _create_data(session, label, value)]
 
         self._call("store-data", create)
+
+    def data_values(self, label: str, *, fresh: bool = False) -> list[bytes]:
+        """The values of every data object labelled `label` (usually one; several after a crash in replace_data).
+
+        Object handles are remembered: without `fresh`, a value is read through the remembered handle (cheap; a
+        handle whose object another process replaced is invalid, and then the objects are looked up again) as
+        long as it was looked up less than a second ago. `fresh` always looks them up (a search of the whole
+        token): use it under the caller's cross-process lock, before replace_data, so that an object another
+        process created is never missed."""
+
+        def read(session: Any) -> list[bytes]:
+            cached = self._data.get(label)
+            if cached is not None and not fresh and time.monotonic() - self._data_at.get(label, 0.0) < 1.0:
+                try:
+                    return [bytes(o[Attribute.VALUE]) for o in cached]
+                except p11.ObjectHandleInvalid:
+                    pass  # replaced by another process: look it up again
+            found = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
+            self._data[label], self._data_at[label] = found, time.monotonic()
+            return [bytes(o[Attribute.VALUE]) for o in found]
+
+        return self._call("read-data", read)
+
+    def replace_data(self, label: str, value: bytes) -> None:
+        """Replace every data object labelled `label` by one holding `value` (private, not modifiable).
+
+        SoftHSM2 (like the PKCS#11 spec for many tokens) does not let CKA_VALUE change, so the new object is
+        created first and the old ones destroyed after: a crash in between leaves both, never neither, and the
+        caller's encoding tells them apart (a version counter). The caller holds its cross-process lock."""
+
+        def replace(session: Any) -> None:
+            old = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
+            new = _create_data(session, label, value)
+            self._data[label], self._data_at[label] = [new], time.monotonic()
+            for obj in old:
+                obj.destroy()
+
+        self._call("write-data", replace)
+
+    def destroy_data(self, label: str) -> int:
+        """Destroy every data object labelled `label`; returns how many (tests and decommissioning only)."""
+
+        def destroy(session: Any) -> int:
+            found = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
+            for obj in found:
+                obj.destroy()
+            self._data.pop(label, None)
+            return len(found)
+
+        return self._call("destroy-data", destroy)
+
+
+def _create_data(session: Any, label: str, value: bytes) -> Any:
+    return session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label, Attribute.VALUE: value,
+                                  Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.MODIFIABLE: False})
 
 
 def _unwrap_octet_string(value: bytes) -> bytes:

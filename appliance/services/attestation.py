@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from appliance import metrics
 from appliance.domain import attestation as att
 from appliance.domain import checkpoint as notes
-from appliance.domain import reserves
+from appliance.domain import heads, reserves
 from appliance.domain.canonical import canonical_json
 from appliance.domain.jose import parse_compact
 from appliance.domain.liabilities import LiabilityTree
@@ -34,7 +35,7 @@ from appliance.store import audit_repo
 from appliance.store.tables import attestations
 
 TYP = "reserve-attestation+jws"
-REQUESTER_ROLES = frozenset({"treasury", "auditor"})
+REQUESTER_ROLES = frozenset({"auditor"})  # not treasury: those who mint do not attest to the reserves
 
 
 class AttestationInFlight(Conflict):
@@ -68,7 +69,7 @@ class AttestationService:
     # -- signing --------------------------------------------------------------------------------------------
 
     def request(self, token: object) -> dict[str, Any]:
-        """An operator's signed request (treasury or auditor) carrying the inputs."""
+        """An auditor's signed request carrying the inputs."""
         now = self.app.now()
         active = self.policies.active()
         who = auth.authenticate(token, active.bundle, typ=auth.TYP_ATTESTATION_REQUEST, roles=REQUESTER_ROLES,
@@ -131,6 +132,51 @@ class AttestationService:
                 "holders", f"they total {tree.total} base units; the supply snapshot totals {supply.total}")])
         digest = att.figures_digest(report, supply, liabilities)
         as_of = _utc(report.as_of)
+        with self.app.token.exclusive() as current:
+            return self._issue(current, report, supply, tree, liabilities, holders_csv, digest, as_of, now,
+                               requested_by, token)
+
+    def check_head(self) -> None:
+        """RollbackDetected unless the store holds the attestation chain as far as the token records it (for
+        readiness: the same check every attestation and every reserve-guarded mint makes)."""
+        with self.app.token.exclusive() as current:
+            self._head(current)
+
+    def _head(self, current: heads.Heads) -> tuple[heads.Heads, Any]:
+        """The token's attestation head checked against the store (under the state lock); returns the heads
+        (rolled forward over an attestation stored just before a crash) and the stored row at the head.
+
+        RollbackDetected when the store lacks the head's attestation or holds another JWS for its seq, or holds
+        a signed attestation beyond it that the token never recorded (a fork)."""
+        head = current.attestation
+        with self.app.db.read() as conn:
+            rows = conn.execute(select(attestations).where(attestations.c.jws != "",
+                                                           attestations.c.seq >= max(head.seq, 1))
+                                .order_by(attestations.c.seq)).all()
+        at_head = rows[0] if rows and rows[0].seq == head.seq else None
+        if head.seq > 0 and (at_head is None or att.prev_digest(at_head.jws) != head.hash):
+            metrics.INTEGRITY_FAILURES.labels("attestation").inc()
+            raise heads.RollbackDetected(f"the store does not hold attestation {head.seq} as the token records it: "
+                                         "the attestation chain was rolled back or rewritten")
+        beyond = [r for r in rows if r.seq > head.seq]
+        if beyond and head.pending is not None and beyond[0].seq == head.seq + 1 and _payload_of(
+                beyond[0].jws) == head.pending.encode("utf-8") and len(beyond) == 1:
+            nxt = beyond[0]  # stored, then the process stopped before the token was told: roll forward
+            current = current.newer(attestation=heads.AttestationHead(nxt.seq, att.prev_digest(nxt.jws)))
+            self.app.token.write(current)
+            return current, nxt
+        if beyond:
+            metrics.INTEGRITY_FAILURES.labels("attestation").inc()
+            raise heads.RollbackDetected(f"the store holds attestation {beyond[0].seq}, which the token never "
+                                         "recorded: the attestation chain was forked")
+        return current, at_head
+
+    def _issue(self, current: heads.Heads, report: Any, supply: Any, tree: Any, liabilities: Any,
+               holders_csv: str | None, digest: str, as_of: str, now: int, requested_by: str,
+               token: auth.Authenticated | None) -> dict[str, Any]:
+        """Reserve, sign and store attestation head + 1, the token's head moving with it (see the module)."""
+        settings = self.app.settings
+        current, last = self._head(current)
         checkpoint = self._checkpoint()
 
         def reserve(conn: Connection) -> tuple[str, Any]:
@@ -139,10 +185,9 @@ class AttestationService:
                 auth.consume_jti(conn, token, now)
             self._drop_abandoned(conn, now)
             same = conn.execute(select(attestations).where(attestations.c.as_of == as_of)).first()
-            last = conn.execute(select(attestations).where(attestations.c.jws != "")
-                                .order_by(attestations.c.seq.desc()).limit(1)).first()
-            decision = att.decide_attestation(
-                None if last is None else att.Issued(last.seq, _parse_utc(last.as_of), last.figures_digest),
+            decision = att.decide_attestation(  # the head's as_of as signed, never its column
+                None if last is None else att.Issued(last.seq, _parse_utc(json.loads(_payload_of(last.jws))["as_of"]),
+                                                     last.figures_digest),
                 None if same is None else att.Issued(same.seq, _parse_utc(same.as_of), same.figures_digest),
                 report.as_of, digest)
             if decision.action == "reuse":
@@ -183,10 +228,15 @@ class AttestationService:
             self._keep_holders(seq, holders_csv)
         else:
             self.holders_path(seq).unlink(missing_ok=True)  # left by an abandoned reservation of this seq
+        text = canonical_json(payload)
+        # the token records the one payload that may be signed as this seq BEFORE the HSM signs it
+        intent = current.newer(attestation=replace(current.attestation, pending=text.decode("utf-8")))
+        self.app.token.write(intent)
         try:
-            jws = sign_jws(self.app.attestation_signer, canonical_json(payload), TYP)
+            jws = sign_jws(self.app.attestation_signer, text, TYP)
         except ApplianceError:
             metrics.SIGNATURES.labels("attestation", "error").inc()
+            self.app.token.write(intent.newer(attestation=current.attestation))
             self._unreserve(seq, requested_by, now)
             raise
         metrics.SIGNATURES.labels("attestation", "ok").inc()
@@ -203,6 +253,7 @@ class AttestationService:
                               details={"jws_sha256": att.prev_digest(jws)}, policy_hash=payload["policy"])
 
         self.app.db.write(store, "attestation-store")
+        self.app.token.write(intent.newer(attestation=heads.AttestationHead(seq, att.prev_digest(jws))))
         try:
             self.audit.checkpoint()
         except ApplianceError:

@@ -10,9 +10,10 @@ from sqlalchemy import Connection, select
 
 from appliance import metrics
 from appliance.domain import checkpoint as notes
-from appliance.domain import merkle
+from appliance.domain import heads, merkle
 from appliance.domain.canonical import canonical_json
-from appliance.errors import InfrastructureError, InvalidInput, NotFound
+from appliance.domain.mint_rules import LogFacts
+from appliance.errors import ApplianceError, InfrastructureError, InvalidInput, NotFound
 from appliance.services.context import Appliance, rfc3339
 from appliance.store import audit_repo
 from appliance.store.tables import policy_bundles
@@ -67,18 +68,84 @@ class AuditLog:
         return notes.verifier_key(self.app.settings.audit_origin, self.app.audit_signer.point)
 
     def checkpoint(self) -> str:
-        """Sign a checkpoint of the current head unless the latest one already covers it; returns the note."""
+        """Sign a checkpoint of the whole log, as recomputed from the stored entries; returns the note.
+
+        Under the deployment's state lock: the tree is rebuilt from the entries' text (never a stored hash or
+        root), checked to contain the tree of the last checkpoint the token vouches for (RollbackDetected
+        otherwise: entries deleted or rewritten), and the token's checkpoint head moves to it BEFORE the HSM
+        signs. So the HSM never signs a smaller tree, nor two roots for one size (a crash after the head moved
+        signs the same tree again: Ed25519 is deterministic, so the note is the same)."""
+        with self.app.token.exclusive() as current:
+            with self.app.db.read() as conn, self.app.audit_tree_lock:
+                tree = self._verified_tree(conn, current.checkpoint)
+            size, root = len(tree), tree.root_of(len(tree))
+            if current.checkpoint is None or size > current.checkpoint.size:
+                self.app.token.write(current.newer(checkpoint=heads.CheckpointHead(size, root)))
+            return self._note_of(size, root)
+
+    def _note_of(self, size: int, root: bytes) -> str:
+        """The signed note of (size, root), from the store when the stored one verifies, else signed now."""
         with self.app.db.read() as conn:
-            head = audit_repo.head(conn)
-            latest = audit_repo.latest_checkpoint(conn)
-        if latest is not None and latest.size == head.size:
-            return latest.note
-        cp = notes.Checkpoint(self.app.settings.audit_origin, head.size, head.root)
-        note = notes.sign_checkpoint(cp, self.app.settings.audit_origin, self.app.audit_signer.point,
-                                     self._sign)
-        self.app.db.write(lambda conn: audit_repo.save_checkpoint(conn, head.size, head.root, note,
-                                                                  self.app.now()), "checkpoint")
+            stored = audit_repo.checkpoint_at(conn, size)
+        if stored is not None and self._vouches(stored.note, size, root):
+            return stored.note
+        cp = notes.Checkpoint(self.app.settings.audit_origin, size, root)
+        note = notes.sign_checkpoint(cp, self.app.settings.audit_origin, self.app.audit_signer.point, self._sign)
+        self.app.db.write(lambda conn: audit_repo.save_checkpoint(conn, size, root, note, self.app.now()),
+                          "checkpoint")
         return note
+
+    def _vouches(self, note: str, size: int, root: bytes) -> bool:
+        try:
+            cp = notes.open_checkpoint(note, [self.verifier()])
+        except ApplianceError:
+            return False
+        return cp.origin == self.app.settings.audit_origin and cp.size == size and cp.root == root
+
+    def _forget(self) -> None:
+        self.app.audit_tree.truncate(0)
+        self.app.audit_facts = LogFacts.empty()
+
+    def _extend(self, conn: Connection, size: int) -> merkle.LeafHashes:
+        tree = self.app.audit_tree
+        if len(tree) < size:
+            texts = audit_repo.entries(conn, len(tree), size)
+            tree.extend([merkle.leaf_hash(text.encode("utf-8")) for text in texts])
+            for text in texts:
+                if '"mint.' in text:
+                    self.app.audit_facts.add(json.loads(text))
+        return tree
+
+    def facts(self, conn: Connection) -> LogFacts:
+        """What the verified log says about mints, read through `conn` (inside the caller's transaction: its own
+        entries and every committed one), after checking the log against its head and the token's."""
+        with self.app.audit_tree_lock:
+            self._verified_tree(conn, self.app.token.require().checkpoint)
+            facts = LogFacts(list(self.app.audit_facts.authorized), dict(self.app.audit_facts.closed))
+            return facts
+
+    def _verified_tree(self, conn: Connection, head: heads.CheckpointHead | None) -> merkle.LeafHashes:
+        """The process's leaf hashes, computed from the entries' text and brought up to the stored size (the
+        caller holds audit_tree_lock); checked against the stored head (AuditLogInconsistent) and against the
+        checkpoint head in the token (RollbackDetected). Only entries not seen before are read."""
+        stored = audit_repo.head(conn)
+        if len(self.app.audit_tree) > stored.size or audit_repo.count_below(conn, stored.size) != stored.size:
+            self._forget()  # rows deleted behind the copy (or an entry rolled back): rebuilt from what is left
+        tree = self._extend(conn, stored.size)
+        try:
+            if len(tree) != stored.size or tree.root_of(stored.size) != bytes(stored.root):
+                self._forget()  # the copy may hold an entry whose transaction rolled back: once more from scratch
+                tree = self._extend(conn, stored.size)
+                if len(tree) != stored.size or tree.root_of(stored.size) != bytes(stored.root):
+                    raise AuditLogInconsistent("the stored audit entries do not give the stored tree head: "
+                                               "no proof is served and no checkpoint signed (run `appliance audit "
+                                               "verify`)")
+            heads.check_extends(head, tree)
+        except (AuditLogInconsistent, heads.RollbackDetected):
+            self._forget()
+            metrics.INTEGRITY_FAILURES.labels("audit").inc()
+            raise
+        return tree
 
     def _sign(self, message: bytes) -> bytes:
         try:
@@ -90,9 +157,15 @@ class AuditLog:
         return signature
 
     def latest_note(self) -> str:
+        """The note of the checkpoint the token vouches for (signing one when there is none yet)."""
+        head = self.app.token.require().checkpoint
+        if head is None:
+            return self.checkpoint()
         with self.app.db.read() as conn:
-            latest = audit_repo.latest_checkpoint(conn)
-        return latest.note if latest is not None else self.checkpoint()
+            stored = audit_repo.checkpoint_at(conn, head.size)
+        if stored is not None and self._vouches(stored.note, head.size, head.root):
+            return stored.note
+        return self._note_of(head.size, head.root)
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -113,24 +186,12 @@ class AuditLog:
         return texts if canonical else [json.loads(e) for e in texts]
 
     def _tree(self, size: int) -> merkle.LeafHashes:
-        """The process's copy of the log's leaf hashes, brought up to the stored head (the caller holds
-        audit_tree_lock). Only new leaves are read; remembered subtrees make each proof O(log n) after the
-        first. If the stored leaves no longer give the stored root (rows rewritten), it starts over from them."""
-        tree = self.app.audit_tree
+        """The verified leaf hashes (see _verified_tree) for a proof up to `size` (the caller holds
+        audit_tree_lock). Remembered subtrees make each proof O(log n) after the first."""
         with self.app.db.read() as conn:
-            head = audit_repo.head(conn)
-            if size > head.size:
-                raise NotFound(f"the log has {head.size} entries, not {size}")
-            if len(tree) > head.size:
-                tree.truncate(0)
-            tree.extend(audit_repo.leaf_hashes(conn, head.size, start=len(tree)))
-            if len(tree) != head.size or tree.root_of(head.size) != bytes(head.root):
-                tree.truncate(0)
-                tree.extend(audit_repo.leaf_hashes(conn, head.size))
-                if len(tree) != head.size or tree.root_of(head.size) != bytes(head.root):
-                    tree.truncate(0)
-                    raise AuditLogInconsistent("the stored audit entries do not give the stored tree head: "
-                                               "no proof is served from them (run `appliance audit verify`)")
+            tree = self._verified_tree(conn, self.app.token.require().checkpoint)
+        if size > len(tree):
+            raise NotFound(f"the log has {len(tree)} entries, not {size}")
         return tree
 
     def inclusion_proof(self, index: int, size: int) -> dict[str, Any]:

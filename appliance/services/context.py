@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from appliance import metrics
 from appliance.config import Settings, apply_environment
 from appliance.domain.merkle import LeafHashes
+from appliance.domain.mint_rules import LogFacts
 from appliance.hsm import Curve, Hsm, KeySpec
+from appliance.services.token_state import TokenState
 from appliance.signing import HsmSigner
 from appliance.store.db import Database
 
@@ -30,17 +32,20 @@ class Appliance:
     mint_signer: HsmSigner = field(init=False)
     attestation_signer: HsmSigner = field(init=False)
     audit_signer: HsmSigner = field(init=False)
-    #: the first policy bundle's hash as pinned in the token (services.policy), read once per process
-    policy_anchor: str | None = field(default=None, init=False)
+    #: what the token holds so that the database cannot roll it back: the anchor and the heads
+    token: TokenState = field(init=False)
     #: the audit log's leaf hashes with remembered subtrees (services.audit serves proofs from it), and its lock
     audit_tree: LeafHashes = field(default_factory=LeafHashes, init=False)
     audit_tree_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    #: what the verified entries say about mints (reservations, closures), gathered as they are hashed
+    audit_facts: LogFacts = field(default_factory=LogFacts.empty, init=False)
 
     def __post_init__(self) -> None:
         h = self.settings.hsm
         self.mint_signer = HsmSigner(self.hsm, KeySpec(h.mint_key, Curve.SECP256K1))
         self.attestation_signer = HsmSigner(self.hsm, KeySpec(h.attestation_key, Curve.P256))
         self.audit_signer = HsmSigner(self.hsm, KeySpec(h.audit_key, Curve.ED25519))
+        self.token = TokenState(self.hsm, h.policy_anchor, self.settings.data_dir / "token-state.lock", self.db)
 
     @property
     def key_specs(self) -> list[KeySpec]:

@@ -25,7 +25,8 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from appliance import metrics
-from appliance.domain import jose
+from appliance.domain import heads, jose
+from appliance.domain.attestation import prev_digest
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import (
     POLICY_PROPOSER_ROLE,
@@ -47,7 +48,7 @@ from appliance.errors import (
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
-from appliance.store.tables import policy_approvals, policy_bundles
+from appliance.store.tables import attestations, policy_approvals, policy_bundles
 
 
 @dataclass(frozen=True)
@@ -130,26 +131,59 @@ class PolicyService:
         return ActiveBundle(row.id, row.hash, bundle, row.activated_seq)
 
     def _verified_history(self, conn: Connection, active_row: Any) -> PolicyBundle:
-        """The active bundle, after checking the activation history back to the HSM anchor (see the module)."""
-        rows = conn.execute(select(policy_bundles).where(policy_bundles.c.activated_seq.is_not(None))
-                            .order_by(policy_bundles.c.activated_seq)).all()
+        """The active bundle, after checking the activation history back to the HSM anchor (see the module) and
+        against the policy head the token holds (so a deleted activation is a detected rollback)."""
+        rows = self._history_rows(conn)
+        if not rows or rows[-1].id != active_row.id:
+            self._integrity_failure()
+            raise PolicyHistoryInvalid("the active policy bundle is not the last one activated")
+        bundles = self._verified(conn, rows)
+        self._check_head([r.hash for r in rows])
+        return bundles[-1]
+
+    @staticmethod
+    def _history_rows(conn: Connection) -> list[Any]:
+        return list(conn.execute(select(policy_bundles).where(policy_bundles.c.activated_seq.is_not(None))
+                                 .order_by(policy_bundles.c.activated_seq)).all())
+
+    def _verified(self, conn: Connection, rows: list[Any]) -> list[PolicyBundle]:
+        """The bundles of the activation history `rows`, each checked back to the anchor (PolicyHistoryInvalid)."""
         anchor = self.anchor()
         if anchor is None:
+            self._integrity_failure()
             raise PolicyHistoryInvalid(f"the HSM token holds no policy anchor "
                                        f"{self.app.settings.hsm.policy_anchor!r}: run `appliance init`")
+        if not rows:
+            self._integrity_failure()
+            raise PolicyHistoryInvalid("the store holds no activated policy bundle")
         bundles = []
         for r in rows:
             try:
                 bundles.append(self._parse(r.bundle))
             except (InvalidInput, ValueError) as exc:
+                self._integrity_failure()
                 raise PolicyHistoryInvalid(f"the stored policy bundle {r.hash} does not parse") from exc
-        if not rows or rows[-1].id != active_row.id:
-            raise PolicyHistoryInvalid("the active policy bundle is not the last one activated")
         key = (anchor, *((r.activated_seq, r.id, r.hash, b.hash) for r, b in zip(rows, bundles, strict=True)))
         if key not in _VERIFIED:
-            self._check_history(conn, anchor, rows, bundles)
+            try:
+                self._check_history(conn, anchor, rows, bundles)
+            except PolicyHistoryInvalid:
+                self._integrity_failure()
+                raise
             _VERIFIED.add(key)
-        return bundles[-1]
+        return bundles
+
+    @staticmethod
+    def _integrity_failure() -> None:
+        metrics.INTEGRITY_FAILURES.labels("policy").inc()
+
+    def history(self, conn: Connection) -> dict[str, PolicyBundle]:
+        """Every bundle of the verified, anchored activation history by hash (checked against the token's head):
+        the only bundles a stored request, approval or vote is ever judged under."""
+        rows = self._history_rows(conn)
+        bundles = self._verified(conn, rows)
+        self._check_head([r.hash for r in rows])
+        return {r.hash: b for r, b in zip(rows, bundles, strict=True)}
 
     @staticmethod
     def _check_history(conn: Connection, anchor: str, rows: Sequence[Any], bundles: list[PolicyBundle]) -> None:
@@ -168,14 +202,29 @@ class PolicyService:
 
     def anchor(self) -> str | None:
         """The hash of the first bundle, as pinned in the HSM token (None before `init`); read once a process."""
-        if self.app.policy_anchor is None:
-            value = self.app.hsm.read_data(self.app.settings.hsm.policy_anchor)
-            self.app.policy_anchor = None if value is None else value.decode("ascii", "replace")
-        return self.app.policy_anchor
+        return self.app.token.anchor()
+
+    def _check_head(self, hashes: list[str]) -> None:
+        """The verified history `hashes` against the policy head in the token: shorter, or another bundle at the
+        head's seq, is a rollback or fork (RollbackDetected, 503). Longer is an activation the token was not told
+        of yet (its commit came first): the head moves forward to it, under the deployment's state lock."""
+        try:
+            head = self.app.token.require().policy
+            heads.check_policy(head, hashes)
+            if head is not None and head.seq == len(hashes):
+                return
+            with self.app.token.exclusive() as current:
+                heads.check_policy(current.policy, hashes)
+                if current.policy is not None and current.policy.seq < len(hashes):
+                    self.app.token.write(current.newer(policy=heads.PolicyHead(len(hashes), hashes[-1])))
+        except (heads.RollbackDetected, heads.HeadsInvalid):
+            metrics.INTEGRITY_FAILURES.labels("policy").inc()
+            raise
 
     def pin_anchor(self) -> str:
-        """Write the first bundle's hash into the token (init; idempotent). ConfigError when the token already
-        anchors another history: this database does not belong to this token."""
+        """Write the first bundle's hash into the token, and the state object holding the heads (init;
+        idempotent). ConfigError when the token already anchors another history: this database does not belong
+        to this token. A deployment from before the state object gets one from its verified history."""
         with self.app.db.read() as conn:
             first = conn.execute(select(policy_bundles.c.hash).where(policy_bundles.c.activated_seq == 1)).first()
         if first is None:
@@ -187,13 +236,26 @@ class PolicyService:
         elif existing != first.hash:
             raise ConfigError(f"the token's policy anchor {label!r} names bundle {existing}, but this database "
                               f"starts from {first.hash}: wrong database or token")
+        with self.app.token.exclusive() as current:
+            if current.version == 0:
+                with self.app.db.read() as conn:
+                    rows = self._history_rows(conn)
+                    self._verified(conn, rows)
+                    last = conn.execute(select(attestations.c.seq, attestations.c.jws)
+                                        .where(attestations.c.jws != "")
+                                        .order_by(attestations.c.seq.desc()).limit(1)).first()
+                chain = heads.AttestationHead(0, None) if last is None else heads.AttestationHead(
+                    last.seq, prev_digest(last.jws))
+                self.app.token.write(current.newer(policy=heads.PolicyHead(len(rows), rows[-1].hash),
+                                                   attestation=chain))
         return str(first.hash)
 
     def by_hash(self, conn: Connection, digest: str) -> PolicyBundle:
-        row = conn.execute(select(policy_bundles.c.bundle).where(policy_bundles.c.hash == digest)).first()
-        if row is None:
-            raise NotFound(f"no policy bundle with hash {digest}")
-        return self._parse(row.bundle)
+        """A bundle of the verified, anchored history (never any other stored row with that hash)."""
+        bundle = self.history(conn).get(digest)
+        if bundle is None:
+            raise NotFound(f"no activated policy bundle with hash {digest}")
+        return bundle
 
     @staticmethod
     def _parse(text: str) -> PolicyBundle:
@@ -306,6 +368,8 @@ class PolicyService:
 
         result = self.app.db.write(vote, "policy")
         metrics.POLICY_CHANGES.labels(result["status"]).inc()
+        if result["status"] == "active":
+            self.active()  # the token's policy head moves to the new activation now (see _check_head)
         return result
 
     def _maybe_activate(self, conn: Connection, active: ActiveBundle, row: Any, now: int) -> dict[str, Any]:

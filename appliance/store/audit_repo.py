@@ -149,16 +149,33 @@ def leaf_hashes(conn: Connection, size: int, start: int = 0) -> list[bytes]:
     return [bytes(r.leaf_hash) for r in rows]
 
 
+def count_below(conn: Connection, size: int) -> int:
+    """How many entries have an index below `size` (size of them, unless rows were deleted)."""
+    return int(_flushed(conn).execute(select(func.count()).select_from(audit_entries)
+                                      .where(audit_entries.c.idx < size)).scalar_one())
+
+
 def count_actions(conn: Connection) -> dict[str, int]:
     rows = _flushed(conn).execute(select(audit_entries.c.action, func.count()).group_by(audit_entries.c.action))
     return {r[0]: int(r[1]) for r in rows}
 
 
 def save_checkpoint(conn: Connection, size: int, root: bytes, note: str, now: int) -> None:
-    """Store a signed checkpoint unless one for this size exists already."""
-    exists = conn.execute(select(audit_checkpoints.c.size).where(audit_checkpoints.c.size == size)).first()
+    """Store a signed checkpoint, replacing whatever row claims this size (the caller checked it did not verify,
+    or it is the same note)."""
+    exists = conn.execute(select(audit_checkpoints.c.note).where(audit_checkpoints.c.size == size)).first()
     if exists is None:
         conn.execute(insert(audit_checkpoints).values(size=size, root=root, note=note, created_at=now))
+    elif exists.note != note:
+        conn.execute(update(audit_checkpoints).where(audit_checkpoints.c.size == size)
+                     .values(root=root, note=note, created_at=now))
+
+
+def checkpoint_at(conn: Connection, size: int) -> StoredCheckpoint | None:
+    row = conn.execute(select(audit_checkpoints).where(audit_checkpoints.c.size == size)).first()
+    if row is None:
+        return None
+    return StoredCheckpoint(row.size, bytes(row.root), row.note, row.created_at)
 
 
 def latest_checkpoint(conn: Connection) -> StoredCheckpoint | None:

@@ -179,7 +179,8 @@ def test_bad_inputs_are_refused_with_locations(h: Harness) -> None:
     assert "Traceback" not in response.get_data(as_text=True)
     assert attest(h, reserves, supply, holders="account,balance\nx,-1\n").status_code == 400
     assert attest(h, reserves, supply, by="erin").status_code == 403  # security admins do not attest
-    assert attest(h, reserves, supply, by="bob").status_code == 201  # treasury may
+    assert attest(h, reserves, supply, by="bob").status_code == 403  # nor does treasury: minters do not attest
+    assert attest(h, reserves, supply, by="grace").status_code == 201  # the auditor does
     assert h.client.get("/v1/attestations/99").status_code == 404
 
 

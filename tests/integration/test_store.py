@@ -72,12 +72,17 @@ def test_appends_from_many_threads_are_gap_free_and_the_head_matches(store: Data
 
 
 def test_checkpoints_are_stored_once_per_size(store: Database) -> None:
+    """The same note twice is one row; another note for the size replaces it (the audit service writes one only
+    when the stored note does not verify: a row someone edited)."""
     append(store, 1)
     store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"r" * 32, "note-1", 10))
-    store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"x" * 32, "note-other", 11))
+    store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"r" * 32, "note-1", 11))
     with store.read() as conn:
         latest = audit_repo.latest_checkpoint(conn)
-    assert latest is not None and latest.note == "note-1"
+    assert latest == audit_repo.StoredCheckpoint(1, b"r" * 32, "note-1", 10)
+    store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"x" * 32, "note-other", 12))
+    with store.read() as conn:
+        assert audit_repo.checkpoint_at(conn, 1) == audit_repo.StoredCheckpoint(1, b"x" * 32, "note-other", 12)
 
 
 def test_a_jti_can_be_recorded_once(store: Database) -> None:

@@ -1,0 +1,131 @@
+"""The heads held in the HSM token (appliance.domain.heads): read cheaply, advanced under one cross-process lock.
+
+Two objects in the token belong to a deployment, both private and non-modifiable:
+- `<policy_anchor>`: the first policy bundle's hash, written once by `appliance init`;
+- `<policy_anchor>.state`: the heads (policy, checkpoint, attestation), replaced at every advance.
+
+Every advance happens inside `exclusive()`, which holds a thread lock, an OS file lock (`[hsm] state_lock_file`,
+shared by every process of the deployment on this host) and, on PostgreSQL, a session advisory lock (shared by
+every instance of the deployment), and re-reads the heads from the token before the caller checks and writes
+them. So two processes never advance a head from the same old value, and the HSM never signs two checkpoints of
+one size or two attestations of one seq. Whoever writes the database takes none of these locks: at worst it
+delays an advance.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection
+
+from appliance.domain.heads import Heads, HeadsInvalid, newest
+from appliance.errors import StorageUnavailable
+from appliance.hsm import Hsm
+from appliance.store.db import Database
+
+
+class TokenState:
+    def __init__(self, hsm: Hsm, anchor_label: str, lock_file: Path, db: Database) -> None:
+        self.hsm = hsm
+        self.anchor_label = anchor_label
+        self.label = anchor_label + ".state"
+        self.lock_file = lock_file
+        self.db = db
+        self._thread_lock = threading.RLock()
+        self._fd: int | None = None
+        self._fd_pid = 0
+        self._anchor: str | None = None
+        self._depth = 0
+
+    # -- reading ------------------------------------------------------------------------------------------------
+
+    def anchor(self) -> str | None:
+        """The first bundle's hash pinned in the token (None before `init`); read once a process (it never
+        changes)."""
+        if self._anchor is None:
+            value = self.hsm.read_data(self.anchor_label)
+            self._anchor = None if value is None else value.decode("ascii", "replace")
+        return self._anchor
+
+    def read(self, *, fresh: bool = False) -> Heads:
+        """The heads as the token holds them (Heads.empty() before `init` wrote any)."""
+        heads = newest(self.hsm.data_values(self.label, fresh=fresh))
+        return Heads.empty() if heads is None else heads
+
+    def require(self) -> Heads:
+        """read(), HeadsInvalid when `init` never wrote the state (the appliance must not run without it)."""
+        heads = self.read()
+        if heads.version == 0:
+            raise HeadsInvalid(f"the HSM token holds no state object {self.label!r}: run `appliance init`")
+        return heads
+
+    # -- advancing ----------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[Heads]:
+        """Hold the deployment's state lock; yields the heads read afresh from the token. Re-entrant."""
+        with self._thread_lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.read(fresh=True)
+                finally:
+                    self._depth -= 1
+                return
+            fd = self._lock_fd()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._depth = 1
+            try:
+                with self._advisory():
+                    yield self.read(fresh=True)
+            finally:
+                self._depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def write(self, heads: Heads) -> None:
+        """Replace the state object (only inside exclusive(), with heads derived from the ones it yielded)."""
+        if not self._depth:
+            raise RuntimeError("TokenState.write outside exclusive()")
+        self.hsm.replace_data(self.label, heads.to_bytes())
+
+    def _lock_fd(self) -> int:
+        # An flock belongs to an open file description, which a forked child shares: open it per process.
+        if self._fd is None or self._fd_pid != os.getpid():
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd_pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def _advisory(self) -> Iterator[None]:
+        """A PostgreSQL session advisory lock for the deployment (instances on several hosts); nothing on SQLite."""
+        if self.db.is_sqlite:
+            yield
+            return
+        key = int.from_bytes(hashlib.sha256(self.label.encode()).digest()[:8], "big", signed=True)
+        try:
+            conn: Connection = self.db.engine.connect()
+        except Exception as exc:
+            raise StorageUnavailable(f"cannot take the state lock: {type(exc).__name__}") from exc
+        try:
+            try:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+                conn.commit()
+            except Exception as exc:
+                raise StorageUnavailable(f"cannot take the state lock: {type(exc).__name__}") from exc
+            try:
+                yield
+            finally:
+                try:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                    conn.commit()
+                except Exception:  # noqa: BLE001 - the session ends below, which releases the lock too
+                    conn.invalidate()
+        finally:
+            conn.close()
