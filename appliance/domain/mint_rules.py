@@ -101,7 +101,6 @@ def _distinct(recorded: Policy, active: Policy) -> list[Policy]:
 
 RESERVED = "mint.authorization.reserved"
 VOIDED = "mint.authorization.voided"
-CLOSURES = frozenset({"mint.rejected", "mint.cancelled"})
 
 
 @dataclass
@@ -134,5 +133,8 @@ class LogFacts:
                 index = entry.get("index")
                 self.authorized.append(Authorized(subject, at, int(amount),
                                                   index if isinstance(index, int) else -1))
-        elif action in CLOSURES:
+        elif action == "mint.cancelled" or (action == "mint.rejected" and (
+                details.get("status") == "rejected" or "quorum" in details)):
+            # a cancellation always closes; "mint.rejected" is also each rejecting approval's entry, which closes
+            # the request only as the veto (the entry that says so: the request's new status, or the quorum)
             self.closed.setdefault(subject, str(action))

@@ -16,8 +16,10 @@ on-chain nonce makes a second signature over the same authorization harmless).
 from __future__ import annotations
 
 import functools
+import json
 import secrets
 import uuid
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +27,8 @@ from sqlalchemy import Connection, and_, delete, func, insert, not_, or_, select
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
-from appliance.domain import amounts, eip712, quorum
+from appliance.domain import amounts, eip712, jose, mint_rules, quorum
+from appliance.domain.attestation import prev_digest as att_prev_digest
 from appliance.domain.policy import (
     MINT_REQUESTER_ROLES,
     PolicyBundle,
@@ -84,7 +87,7 @@ class MintService:
     @staticmethod
     def _facts(row: Any) -> quorum.RequestFacts:
         return quorum.RequestFacts(id=row.id, requester=row.requester, amount=int(row.amount), digest=row.digest,
-                                   created_at=row.created_at, expires_at=row.expires_at,
+                                   created_at=row.valid_after, expires_at=row.expires_at,
                                    policy_hash=row.policy_hash)
 
     @staticmethod
@@ -110,20 +113,31 @@ class MintService:
                                        policy_hash=payload.get("policy", ""), iat=iat))
         return out
 
-    def _request_is_authentic(self, conn: Connection, row: Any) -> bool:
-        """Whether the stored request is what its requester signed: the JWS verifies under the requester's key
-        in the policy the request was made under, and names this recipient, amount and chain."""
-        verified = auth.verify_stored(row.request_jws, self.policies.by_hash(conn, row.policy_hash),
-                                      auth.TYP_MINT_REQUEST)
+    def _signed_terms(self, conn: Connection, row: Any) -> mint_rules.SignedTerms | None:
+        """What the requester signed, from the stored JWS verified under the requester's key in the policy the
+        request names, looked up only within the verified, anchored history (None: it does not verify)."""
+        try:
+            bundle = self.policies.by_hash(conn, row.policy_hash)
+        except NotFound:
+            return None
+        verified = auth.verify_stored(row.request_jws, bundle, auth.TYP_MINT_REQUEST)
         if verified is None:
-            return False
+            return None
         operator, payload = verified
         try:
             amount = amounts.parse_amount(payload.get("amount"), "amount")
+            to = eip712.parse_address(payload.get("to"), "to")
         except ApplianceError:
-            return False
-        return (operator.name == row.requester and payload.get("to") == row.to_address
-                and amount == int(row.amount) and payload.get("chain_id") == row.chain_id)
+            return None
+        chain_id, iat = payload.get("chain_id"), payload.get("iat")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (chain_id, iat)):
+            return None
+        return mint_rules.SignedTerms(operator.name, int(chain_id), to, amount, int(iat))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _stored_terms(row: Any) -> mint_rules.StoredTerms:
+        return mint_rules.StoredTerms(row.requester, row.chain_id, row.verifying_contract, row.to_address,
+                                      int(row.amount), row.valid_after, row.valid_before, row.expires_at)
 
     def _evaluate(self, conn: Connection, row: Any, active: ActiveBundle, now: int) -> quorum.QuorumResult:
         """The stricter of: the policy the request was made under, and the current policy and operators."""
@@ -136,27 +150,45 @@ class MintService:
         under_recorded = quorum.evaluate(facts, approvals, active.bundle.operators, recorded.policy, now)
         return current if not current.met else under_recorded  # both must hold
 
-    @staticmethod
-    def _authorized_since(conn: Connection, since: int) -> int:
-        rows = conn.execute(select(mint_authorizations.c.amount).where(mint_authorizations.c.reserved_at > since))
-        return sum(int(r.amount) for r in rows)
-
-    def _reserve_reasons(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int) -> list[str]:
+    def _reserve_reasons(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int,
+                         facts: mint_rules.LogFacts) -> list[str]:
+        """The reserve guard, judged from the latest attestation as the HSM signed it (its JWS verified under
+        the attestation key, never the table's columns) and the authorizations the verified log records."""
         if not bundle.policy.reserve_guard.enabled:
             return []
-        row = conn.execute(select(attestations).where(attestations.c.jws != "")  # signed ones only
-                           .order_by(attestations.c.seq.desc()).limit(1)).first()
-        if row is None:
+        head = self.app.token.require().attestation  # the last attestation signed, as the token records it
+        row = conn.execute(select(attestations.c.jws).where(attestations.c.seq == head.seq)).first()
+        payload = None if row is None or head.hash is None or not row.jws or att_prev_digest(
+            row.jws) != head.hash else self._signed_attestation(row.jws)
+        if payload is None:
             return reserve_guard_reasons(bundle.policy, None, authorized_since=0, amount=amount, now=now)
         token_dec = self.app.settings.token_decimals
-        common = max(row.reserves_decimals, row.supply_decimals, token_dec)
+        reserves_dec, supply_dec = int(payload["reserves"]["decimals"]), int(payload["supply"]["decimals"])
+        common = max(reserves_dec, supply_dec, token_dec)
         scale = 10 ** common
-        reserves = int(row.reserves_total) * scale // 10 ** row.reserves_decimals
-        supply = int(row.supply_total) * scale // 10 ** row.supply_decimals
-        since = self._authorized_since(conn, row.as_of_ts) * scale // 10 ** token_dec
-        facts = ReserveFacts(as_of=row.as_of_ts, status=row.status, reserves=reserves, supply=supply)
-        return reserve_guard_reasons(bundle.policy, facts, authorized_since=since,
+        reserves = int(payload["reserves"]["total"]) * scale // 10 ** reserves_dec
+        supply = int(payload["supply"]["total"]) * scale // 10 ** supply_dec
+        as_of = int(datetime.strptime(payload["as_of"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+        authorized = sum(a.amount for a in facts.authorized if a.at > as_of)
+        reserve = ReserveFacts(as_of=as_of, status=str(payload["status"]), reserves=reserves, supply=supply)
+        return reserve_guard_reasons(bundle.policy, reserve, authorized_since=authorized * scale // 10 ** token_dec,
                                      amount=amount * scale // 10 ** token_dec, now=now)
+
+    def _signed_attestation(self, token: str) -> dict[str, Any] | None:
+        """The payload of an attestation JWS that verifies under the HSM's attestation key (None otherwise)."""
+        signer = self.app.attestation_signer
+        try:
+            parsed = jose.verify_compact(token, [{**signer.public_jwk(), "kid": signer.key_id}], algs={"ES256"},
+                                         typ="reserve-attestation+jws")
+            payload = json.loads(parsed.payload)
+            if not isinstance(payload, dict):
+                return None
+            for part in ("reserves", "supply"):
+                int(payload[part]["total"]), int(payload[part]["decimals"])
+            str(payload["as_of"]), str(payload["status"])
+        except (ApplianceError, ValueError, KeyError, TypeError):
+            return None
+        return payload
 
     def _row(self, conn: Connection, request_id: str, lock: bool = False) -> Any:
         query = select(mint_requests).where(mint_requests.c.id == request_id)
@@ -193,9 +225,10 @@ class MintService:
         def store(conn: Connection) -> None:
             audit_repo.lock_head(conn)  # serializes against authorizations so the velocity sum is current
             window = now - policy.mint.velocity_window_seconds
+            facts = self.audit.facts(conn)
             check_new_request(policy, chain_id=chain_id, to=to, amount=amount,
-                              authorized_in_window=self._authorized_since(conn, window))
-            reasons = self._reserve_reasons(conn, active.bundle, amount, now)
+                              authorized_in_window=sum(a.amount for a in facts.authorized if a.at > window))
+            reasons = self._reserve_reasons(conn, active.bundle, amount, now, facts)
             if reasons:
                 raise PolicyViolation("the reserve guard refuses this mint", [Problem("reserve_guard", r)
                                                                               for r in reasons])
@@ -242,7 +275,7 @@ class MintService:
         """Record one officer's approval or rejection; sign the authorization once the quorum is met."""
         now = self.app.now()
 
-        def record(conn: Connection) -> bool:
+        def record(conn: Connection) -> tuple[bool, bool]:
             active = self.policies.active(conn)
             row = self._row(conn, request_id, lock=True)
             who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_APPROVAL,
@@ -277,17 +310,27 @@ class MintService:
             if result.vetoed:
                 self._close(conn, row, "rejected", who.operator.name, now, active.hash,
                             {"quorum": result.to_json()})
-            return result.met
+            return result.met, result.vetoed
 
         try:
-            met = self.app.db.write(record, "mint-approval")
+            met, vetoed = self.app.db.write(record, "mint-approval")
         except ApplianceError:
             metrics.MINT_APPROVALS.labels("refused").inc()
             raise
         metrics.MINT_APPROVALS.labels("recorded").inc()
         if met:
             self.authorize(request_id)
+        elif vetoed:
+            self._cover_closure()
         return self.get(request_id)
+
+    def _cover_closure(self) -> None:
+        """Sign a checkpoint over a veto or cancellation just recorded: once the token's head covers it, nobody
+        who writes the database can erase it (the log's closures refuse any later signature of the request)."""
+        try:
+            self.audit.checkpoint()
+        except ApplianceError:
+            pass  # durable already; the periodic checkpoint covers it
 
     def _check_open(self, conn: Connection, row: Any, now: int) -> None:
         if row.status != "pending":
@@ -299,8 +342,8 @@ class MintService:
                details: dict[str, Any]) -> None:
         conn.execute(update(mint_requests).where(mint_requests.c.id == row.id, mint_requests.c.status == "pending")
                      .values(status=status, closed_by=by, closed_at=now))
-        self.audit.record(conn, actor=by, action=f"mint.{status}", subject=row.id, details=details,
-                          policy_hash=policy_hash)
+        self.audit.record(conn, actor=by, action=f"mint.{status}", subject=row.id,
+                          details={**details, "status": status}, policy_hash=policy_hash)
 
     def cancel(self, request_id: str, token: object) -> dict[str, Any]:
         now = self.app.now()
@@ -321,6 +364,7 @@ class MintService:
             self._close(conn, row, "cancelled", who.operator.name, now, active.hash, {})
 
         self.app.db.write(do_cancel, "mint-cancel")
+        self._cover_closure()
         return self.get(request_id)
 
     # -- authorization --------------------------------------------------------------------------------------
@@ -352,7 +396,8 @@ class MintService:
                 request_id=row.id, nonce=row.nonce, digest=digest, chain_id=row.chain_id, amount=row.amount,
                 signer=signer.address, reserved_at=now))
             self.audit.record(conn, actor="appliance", action="mint.authorization.reserved", subject=row.id,
-                              details={"digest": digest, "nonce": row.nonce, "quorum": result.to_json(),
+                              details={"digest": digest, "nonce": row.nonce, "amount": str(row.amount),
+                                       "reserved_at": now, "quorum": result.to_json(),
                                        "signer": signer.address}, policy_hash=active.hash)
             return "reserved", None
 
@@ -373,23 +418,30 @@ class MintService:
             raise _refusal(data)
         return self._sign(request_id)
 
-    def _refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int
+    def _refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int, quorum_at: int | None = None
                   ) -> tuple[quorum.QuorumResult, list[str]]:
-        """(quorum result, reasons to refuse signing now); the reasons are only looked for once quorum is met."""
-        result = self._evaluate(conn, row, active, now)
+        """(quorum result, reasons to refuse signing now); the reasons are only looked for once quorum is met.
+
+        The one check every path to the HSM goes through (first signature, retry, takeover of a stale
+        reservation), always at `now`: the quorum under the recorded and the active policy, every rule of both
+        (mint_rules.signing_refusals), closures and reservations as the verified audit log has them, the reserve
+        guard from the signed attestation, and the nonce. `quorum_at` (a takeover only) is when the request's
+        reservation was made as the checkpointed audit log records it: the approvals' TTL is judged then."""
+        result = self._evaluate(conn, row, active, now if quorum_at is None else quorum_at)
         if not result.met:
             return result, []
-        policy = active.bundle.policy
-        in_window = self._authorized_since(conn, now - policy.mint.velocity_window_seconds)
-        reasons = []
-        if in_window + int(row.amount) > policy.mint.velocity_limit:
-            reasons.append(f"velocity limit: {in_window} authorized in the window + {row.amount} "
-                           f"> {policy.mint.velocity_limit}")
-        reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now)
+        facts = self.audit.facts(conn)
+        recorded = self.policies.by_hash(conn, row.policy_hash)
+        contract = self.app.settings.chain(row.chain_id)
+        reasons = mint_rules.signing_refusals(
+            self._signed_terms(conn, row), self._stored_terms(row), recorded=recorded.policy,
+            active=active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
+            authorized=facts.authorized, request_id=row.id, now=now)
+        if row.id in facts.closed:
+            reasons.append(f"the audit log records {facts.closed[row.id]} for this request")
+        reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now, facts)
         if self._digest(row) != row.digest:
             reasons.append("the stored digest does not match the stored fields")
-        if not self._request_is_authentic(conn, row):
-            reasons.append("the stored request does not match its requester's signed JWS")
         other = conn.execute(select(mint_authorizations.c.request_id).where(
             mint_authorizations.c.nonce == row.nonce, mint_authorizations.c.request_id != row.id)).first()
         if other is not None:  # a nonce is signed at most once: another payload under it is refused for good
@@ -405,6 +457,9 @@ class MintService:
         digest = self._digest(row)
         if digest != reservation.digest:
             raise PolicyViolation("the reserved digest does not match the request")
+        # The reservation's audit entry is covered by a checkpoint (the token's head moves to it) before the HSM
+        # signs: fail closed, and a log rolled back or rewritten behind the token stops minting (503).
+        self.audit.checkpoint()
         try:
             signature = self.app.mint_signer.sign_eth_digest(bytes.fromhex(digest[2:]))
         except ApplianceError:
@@ -496,12 +551,10 @@ class MintService:
     def _claim(self, request_id: str, reserved_at: int, seen_claimed_at: int | None, policy_hash: str) -> bool:
         """Take over a stale unsigned reservation (compare-and-set on claimed_at), durably and audited.
 
-        Of several callers recovering the same reservation at once only one wins. The winner checks again what
-        may have changed since the reservation: the validity window (now), and the quorum under the current
-        policy and operators as it stood when the reservation was made (so the approvals' and the request's
-        TTLs, which had not run out then, do not void it). If anything no longer holds, the reservation is
-        voided (audited, PolicyViolation) and nothing is signed. reserved_at itself never changes (the
-        velocity window and the reserve guard count the amount from it)."""
+        Of several callers recovering the same reservation at once only one wins. The winner runs the same check
+        as a first signature (_refusals) at now: the row's reserved_at only says whether the reservation is
+        stale, never whether it may be signed (someone who writes the database could have inserted it). If
+        anything does not hold, the reservation is voided (audited, PolicyViolation) and nothing is signed."""
         now = self.app.now()
 
         def claim(conn: Connection) -> tuple[bool, list[str]]:
@@ -516,13 +569,15 @@ class MintService:
                 return False, []
             row = self._row(conn, request_id)
             active = self.policies.active(conn)
-            reasons = []
-            if now >= row.valid_before:
-                reasons.append("the authorization's validity window has passed")
-            if not self._evaluate(conn, row, active, reserved_at).met:
-                reasons.append("its quorum no longer holds under the current policy and operators")
-            if self._digest(row) != row.digest or not self._request_is_authentic(conn, row):
-                reasons.append("the stored request does not match its requester's signed JWS")
+            # the same check as the first signature, at now; only the approvals' TTL is judged when the
+            # reservation was made, as the log a signed checkpoint covers says (never a time a row says)
+            covered = self.app.token.require().checkpoint
+            at = self.audit.facts(conn).reserved_at(request_id, 0 if covered is None else covered.size)
+            result, reasons = self._refusals(conn, row, active, now, quorum_at=at)
+            if not result.met:
+                reasons = ["its quorum does not hold now under the request's and the current policy"]
+            if row.status != "pending":
+                reasons.append(f"the request is {row.status}")
             if reasons:
                 conn.execute(delete(mint_authorizations).where(mint_authorizations.c.request_id == request_id,
                                                                mint_authorizations.c.signature.is_(None)))

@@ -115,13 +115,23 @@ def test_proofs_stay_right_as_the_log_grows_and_after_it_is_rewritten(h: Harness
         activity(h, mints)
         check(log.head().size)
     size = log.head().size
-    with db(h) as conn:  # rewrite one leaf and the head to match, as a restore from another copy would
+    with db(h) as conn:  # rewrite one leaf hash and the head to match, as a restore from another copy would
         conn.execute("UPDATE audit_entries SET leaf_hash = ? WHERE idx = 1", (merkle.leaf_hash(b"other"),))
         leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf_hash FROM audit_entries ORDER BY idx")]
         conn.execute("UPDATE audit_head SET root = ?", (merkle.root(leaves),))
-    p = h.client.get(f"/v1/audit/proof/inclusion?index=1&size={size}").get_json()
-    assert base64.b64decode(p["leaf_hash"]) == merkle.leaf_hash(b"other")
-    assert base64.b64decode(p["root"]) == merkle.root(leaves)
+    # leaves are computed from the entries' text, never read: the stored head no longer matches them
+    r = h.client.get(f"/v1/audit/proof/inclusion?index=1&size={size}")
+    assert r.status_code == 503 and r.get_json()["type"].endswith(":audit-log-inconsistent")
+    with db(h) as conn:  # now rewrite an entry's text itself, with its leaf and the head recomputed
+        text = conn.execute("SELECT entry FROM audit_entries WHERE idx = 1").fetchone()[0]
+        forged = text.replace('"actor":"', '"actor":"x', 1)
+        conn.execute("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 1",
+                     (forged, merkle.leaf_hash(forged.encode())))
+        leaves = [merkle.leaf_hash(r[0].encode()) for r in conn.execute("SELECT entry FROM audit_entries ORDER BY idx")]
+        conn.execute("UPDATE audit_head SET root = ?", (merkle.root(leaves),))
+    # consistent in itself, but not with the checkpoint the token vouches for: a detected rewrite
+    r = h.client.get(f"/v1/audit/proof/inclusion?index=1&size={size}")
+    assert r.status_code == 503 and r.get_json()["type"].endswith(":rollback-detected")
 
 
 def test_bad_proof_queries_get_4xx(h: Harness) -> None:
@@ -192,8 +202,18 @@ def test_truncated_and_reappended_log_is_detected(h: Harness) -> None:
             compact = compact.append(leaf)
         conn.execute("UPDATE audit_head SET size = ?, compact = ?, root = ?",
                      (compact.size, compact.encode(), compact.root()))
-    activity(h, 2)  # different entries appended; the appliance signs checkpoints over the new log
-    _expect_divergence(h, state, keep)
+    from appliance.domain.heads import RollbackDetected
+    from appliance.services.audit import AuditLog
+
+    signatures = metric("appliance_signatures_total", key="mint", outcome="ok")
+    refused = h.request()  # the appliance reads the log it checks every mint against, and sees it shortened
+    assert refused.status_code == 503 and refused.get_json()["type"].endswith(":rollback-detected")
+    assert metric("appliance_signatures_total", key="mint", outcome="ok") == signatures
+    with pytest.raises(RollbackDetected):
+        AuditLog(h.app_ctx).checkpoint()  # the token vouches for the longer log: no checkpoint of this one
+    note = FlaskSource(h).checkpoint()  # what is served is still the checkpoint of the log the token vouches for
+    assert note.splitlines()[1] == str(h.app_ctx.token.require().checkpoint.size)  # type: ignore[union-attr]
+    assert int(note.splitlines()[1]) >= state["size"]
 
 
 def test_a_whole_different_but_consistent_log_is_detected(h: Harness, tmp_path: Path) -> None:
@@ -208,11 +228,11 @@ def test_a_whole_different_but_consistent_log_is_detected(h: Harness, tmp_path: 
     log = AuditLog(h.app_ctx)
     for i in range(state["size"] + 2):
         log.record_standalone(actor="forger", action="fabricated", subject=str(i), details={}, policy_hash=None)
-    log.checkpoint()
-    fresh, _ = verify_log(FlaskSource(h), {})  # the forged log is self-consistent
-    assert fresh["size"] == state["size"] + 2
+    from appliance.domain.heads import RollbackDetected
+    with pytest.raises(RollbackDetected):  # self-consistent, but not an extension of what the token vouches for
+        log.checkpoint()
     _expect_divergence(h, state, 0)
-    with pytest.raises(VerificationFailed, match="consistency"):  # an auditor who kept only the checkpoint
+    with pytest.raises(VerificationFailed):  # an auditor who kept only the checkpoint
         verify_log(FlaskSource(h), state_without_leaves)
 
 
@@ -470,7 +490,7 @@ def test_every_entry_after_the_first_policy_names_the_policy_in_force(h: Harness
 
 def test_an_unreachable_hsm_fails_readiness_and_signing_then_recovers(h: Harness) -> None:
     """The token disappears (real SoftHSM, wrong label after the session is dropped): /readyz and hsm_up say
-    so, a final approval gets 503 with nothing signed; when the token is back the service recovers."""
+    so, a final approval gets 503 with nothing signed or stored; when the token is back the service recovers."""
     hsm = h.app_ctx.hsm
     label = hsm._token_label  # noqa: SLF001 - make the real token unreachable, no mock
     req = h.request().get_json()
@@ -481,7 +501,8 @@ def test_an_unreachable_hsm_fails_readiness_and_signing_then_recovers(h: Harness
     try:
         assert h.client.get("/readyz").status_code == 503
         assert "appliance_hsm_up 0.0" in h.client.get("/metrics").get_data(as_text=True)
-        response = h.approve("carol", req)
+        approval = h.approval("carol", req)
+        response = h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": approval})
         assert response.status_code == 503 and response.mimetype == "application/problem+json"
     finally:
         hsm._token_label = label  # noqa: SLF001
@@ -493,8 +514,12 @@ def test_an_unreachable_hsm_fails_readiness_and_signing_then_recovers(h: Harness
     assert metric("appliance_signatures_total", key="mint", outcome="ok") == before
     assert h.client.get("/readyz").status_code == 200
     assert "appliance_hsm_up 1.0" in h.client.get("/metrics").get_data(as_text=True)
-    authz = h.client.get(f"/v1/mint-requests/{req['id']}/authorization")
-    assert authz.status_code == 200 and metric("appliance_signatures_total", key="mint", outcome="ok") == before + 1
+    # Without the token's heads the approval could not be checked against the verified history: it was refused
+    # whole (503, nothing stored), so the officer sends the same approval again
+    assert h.client.get(f"/v1/mint-requests/{req['id']}/authorization").status_code == 409
+    again = h.client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": approval})
+    assert again.status_code == 201 and again.get_json()["authorization"]["signature"], again.get_json()
+    assert metric("appliance_signatures_total", key="mint", outcome="ok") == before + 1
 
 
 def test_a_checkpoint_covering_it_is_signed_after_every_signature(h: Harness) -> None:

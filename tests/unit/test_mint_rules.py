@@ -162,12 +162,14 @@ def test_log_facts_take_reservations_and_the_first_closure() -> None:
     facts = LogFacts.empty()
     for e in (entry("mint.authorization.reserved", "mr_a", 3, amount="500", reserved_at=NOW - 100),
               entry("mint.authorization.reserved", "mr_a", 9, amount="500", reserved_at=NOW - 10),
-              entry("mint.cancelled", "mr_b", 4), entry("mint.rejected", "mr_b", 5),
-              entry("mint.approved", "mr_c", 6)):
+              entry("mint.cancelled", "mr_b", 4), entry("mint.rejected", "mr_b", 5, status="rejected"),
+              entry("mint.approved", "mr_c", 6),
+              entry("mint.rejected", "mr_d", 7, digest="0x00"),  # one officer's rejection, not (yet) a veto
+              entry("mint.rejected", "mr_e", 8, status="rejected")):
         facts.add(e)
     assert [(a.request_id, a.at, a.amount, a.index) for a in facts.authorized] == [
         ("mr_a", NOW - 100, 500, 3), ("mr_a", NOW - 10, 500, 9)]
-    assert facts.closed == {"mr_b": "mint.cancelled"}
+    assert facts.closed == {"mr_b": "mint.cancelled", "mr_e": "mint.rejected"}
     assert facts.reserved_at("mr_a", covered=10) == NOW - 10
     assert facts.reserved_at("mr_a", covered=9) == NOW - 100  # entry 9 is beyond the checkpoint
     assert facts.reserved_at("mr_a", covered=3) is None
