@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 from appliance import errors
-from appliance.errors import ApplianceError, InfrastructureError, Problem
+from appliance.errors import PROBLEM_BASE, ApplianceError, InfrastructureError, Problem
 
 _BY_STATUS: dict[int, type[ApplianceError]] = {
     400: errors.InvalidInput, 401: errors.Unauthenticated, 403: errors.Forbidden, 404: errors.NotFound,
@@ -93,6 +93,10 @@ def _problem(exc: urllib.error.HTTPError) -> ApplianceError:
              if isinstance(e, dict)]
     cls = _BY_STATUS.get(exc.code, errors.ClientError if exc.code < 500 else InfrastructureError)
     error = cls(f"{detail} (HTTP {exc.code})", found)
+    kind = body.get("type")
+    if isinstance(kind, str) and kind.startswith(PROBLEM_BASE):  # the service's named problem, kept as it said
+        error.slug = kind.removeprefix(PROBLEM_BASE)
+        error.title = str(body.get("title") or error.title)
     return error
 
 

@@ -22,6 +22,9 @@ class Problem:
         return f"{self.location}: {self.message}" if self.location else self.message
 
 
+PROBLEM_BASE = "urn:appliance:problem:"  # + slug: the `type` of a problem+json response
+
+
 class ApplianceError(Exception):
     """Base of every expected failure. `slug` is the stable problem type; `status` the HTTP status."""
 

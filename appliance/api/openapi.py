@@ -32,7 +32,7 @@ def _p(name: str, kind: str = "string") -> dict[str, Any]:
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/healthz": {"get": _op("Process is up", errors=())},
-        "/readyz": {"get": _op("HSM session, keys and store usable", errors=(503,))},
+        "/readyz": {"get": _op("HSM, keys and store usable; the store's histories not rolled back", errors=(503,))},
         "/metrics": {"get": _op("Prometheus metrics", ok_type="text/plain", errors=())},
         "/.well-known/jwks.json": {"get": _op("Public keys (kid = RFC 7638 thumbprint)",
                                                ok_type="application/jwk-set+json", errors=(503,))},
@@ -64,7 +64,7 @@ def document() -> dict[str, Any]:
         "/v1/attestations": {
             "get": _op("Attestations, newest first", params=[_q("limit", False), _q("before", False)]),
             "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503),
-                        body="{\"jws\": compact JWS by a treasury or auditor operator over the inputs}")},
+                        body="{\"jws\": compact JWS by an auditor operator over the inputs}")},
         "/v1/attestations/latest": {"get": _op("Latest attestation (compact JWS)", ok_type="application/jose",
                                                errors=(404,))},
         "/v1/attestations/{seq}": {"get": _op("One attestation (compact JWS)", ok_type="application/jose",

@@ -8,10 +8,9 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import ApplianceError, ConfigError, HsmUnavailable, Unauthenticated
+from appliance.errors import PROBLEM_BASE, ApplianceError, ConfigError, HsmUnavailable, Unauthenticated
 
 log = logging.getLogger("appliance.api")
-PROBLEM_BASE = "urn:appliance:problem:"
 
 
 def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response:

@@ -23,10 +23,23 @@ def _check(fn: Any) -> dict[str, Any]:
 
 
 def readiness(app: Appliance) -> dict[str, dict[str, Any]]:
-    """HSM session and keys usable; the store accepts a write transaction (so signing would not fail closed)."""
+    """HSM session and keys usable; the store accepts a write transaction (so signing would not fail closed);
+    and the store's histories reach what the token records (policy, audit log, attestation chain: no rollback)."""
     from appliance.services import keys
 
-    return {"hsm": _check(lambda: keys.check(app)), "store": _check(lambda: app.db.ping(audit_repo.touch_head))}
+    return {"hsm": _check(lambda: keys.check(app)), "store": _check(lambda: app.db.ping(audit_repo.touch_head)),
+            "integrity": _check(lambda: _integrity(app))}
+
+
+def _integrity(app: Appliance) -> None:
+    from appliance.services.attestation import AttestationService
+    from appliance.services.audit import AuditLog
+    from appliance.services.policy import PolicyService
+
+    PolicyService(app).active()
+    with app.db.read() as conn:
+        AuditLog(app).facts(conn)
+    AttestationService(app).check_head()
 
 
 def snapshot(app: Appliance) -> StateSnapshot:

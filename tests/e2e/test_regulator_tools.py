@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -274,8 +275,8 @@ class Chain:
 
 
 @contextmanager
-def _serve(config: Path, log_path: Path) -> Iterator[Callable[[], str]]:
-    """Start `appliance serve` now; the function yielded waits until it is ready and returns its URL."""
+def _serve(config: Path, log_path: Path, probe: str = "/readyz") -> Iterator[Callable[[], str]]:
+    """Start `appliance serve` now; the function yielded waits until `probe` answers 200 and returns its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
@@ -286,7 +287,7 @@ def _serve(config: Path, log_path: Path) -> Iterator[Callable[[], str]]:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    _get(url + "/readyz")
+                    _get(url + probe)
                     return url
                 except OSError:
                     pass
@@ -364,7 +365,8 @@ def chain(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Chain:
     fork_config.write_text(tomli_w.dumps(config))
 
     evidence = work / "evidence"
-    with _serve(fork_config, service.directory / "fork-serve.log") as fork_ready:  # starts while we attest
+    # (alive, but never ready once the token has moved past its store: /healthz, not /readyz)
+    with _serve(fork_config, service.directory / "fork-serve.log", "/healthz") as fork_ready:  # starts meanwhile
         second = _attest(service, *_reports(service, work / "r2", stamp[0]))
         third = _attest(service, *_reports(service, work / "r3", stamp[2]))
         assert [second["seq"], third["seq"]] == [2, 3]
@@ -374,14 +376,24 @@ def chain(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Chain:
         p1, p2, p3 = (_payload(x["jws"]) for x in (first, second, third))
         todo = [("same-as-of", header, {**p2, "as_of": p1["as_of"]}),
                 ("swapped-2", header, {**p3, "seq": 2, "prev": p2["prev"]}),  # the later report at seq 2
-                ("swapped-3", header, {**p2, "seq": 3, "prev": "@swapped-2"})]  # the earlier one after it
+                ("swapped-3", header, {**p2, "seq": 3, "prev": "@swapped-2"}),  # the earlier one after it
+                ("fork-2", header, {**p2, "as_of": stamp[1]})]  # another seq 2, linked to 1: a fork
         fork_reports = _reports(service, work / "f2", stamp[1])
         fork_service = Service(fork_ready(), service.dev, service.directory)  # logged in to the token: see _parallel
-        fork, forged, _ = _parallel(
-            lambda: _attest(fork_service, *fork_reports),
+        refused, forged, _ = _parallel(
+            lambda: fork_service.cli("attest", "--operator", "grace", "--key", fork_service.key("grace"),
+                                     "--reserves", fork_reports[0], "--supply", fork_reports[1], "--json",
+                                     check=False),
             lambda: json.loads(_pkcs11(service.dev, FORGE, config["keys"]["attestation"], json.dumps(todo))),
             lambda: service.cli("attestations", "fetch", str(evidence)))
-    assert fork["seq"] == 2 and _payload(fork["jws"])["prev"] == hashlib.sha256(first["jws"].encode()).hexdigest()
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            _get(fork_service.url + "/readyz")
+        checks = json.loads(not_ready.value.read())["checks"]
+        assert not_ready.value.code == 503 and not checks["integrity"]["ok"], checks
+    # The service on the stale copy learns from the token that attestation 3 was signed: it refuses to fork.
+    assert refused.returncode != 0 and "rollback-detected" in refused.stdout, refused.stdout + refused.stderr
+    fork = {"seq": 2, "jws": forged["fork-2"]}  # what it would have signed, signed with the key directly
+    assert _payload(fork["jws"])["prev"] == hashlib.sha256(first["jws"].encode()).hexdigest()
     assert sorted(p.name for p in evidence.iterdir()) == ["1.jws", "2.jws", "3.jws", "jwks.json"]
     for seq, out in enumerate((first, second, third), start=1):
         assert (evidence / f"{seq}.jws").read_text().strip() == out["jws"]
