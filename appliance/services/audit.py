@@ -35,12 +35,22 @@ class AuditLog:
     # -- writing --------------------------------------------------------------------------------------------
 
     def record(self, conn: Connection, *, actor: str, action: str, subject: str | None,
-               details: dict[str, Any], policy_hash: str | None) -> int:
+               details: dict[str, Any], policy_hash: str | None, guard: bool = True) -> int:
         """Append one entry inside the caller's transaction; returns its index.
+
+        `guard`: refuse (RollbackDetected, so the caller's whole transaction rolls back) when the stored log is
+        shorter than the checkpoint the token vouches for: no approval, request or vote is taken on a log cut
+        behind the token. The appliance's own notes (start-up, failures: record_standalone) are not guarded, so
+        the service still starts and reports the rollback (503, readiness) instead of dying.
 
         policy_hash None means "whatever policy is active": the active bundle's hash is recorded (null only
         before `init` pinned the first bundle), so every entry says which policy was in force."""
         head = audit_repo.lock_head(conn)  # first: under the lock, the active policy read next is current
+        covered = self.app.token.read().checkpoint if guard else None
+        if covered is not None and head.size < covered.size:  # never append to a log cut behind the token
+            metrics.INTEGRITY_FAILURES.labels("audit").inc()
+            raise heads.RollbackDetected(f"the audit log holds {head.size} entries, but the token vouches for "
+                                         f"{covered.size}: entries were deleted")
         if policy_hash is None:
             policy_hash = conn.execute(select(policy_bundles.c.hash)
                                        .where(policy_bundles.c.status == "active")).scalar()
@@ -54,7 +64,8 @@ class AuditLog:
                           policy_hash: str | None) -> int:
         """Append one entry in its own durable transaction."""
         return self.app.db.write(lambda conn: self.record(conn, actor=actor, action=action, subject=subject,
-                                                          details=details, policy_hash=policy_hash), "audit")
+                                                          details=details, policy_hash=policy_hash, guard=False),
+                                 "audit")
 
     def ensure_head(self) -> None:
         self.app.db.write(audit_repo.ensure_head, "audit")
