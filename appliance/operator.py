@@ -5,6 +5,7 @@ The appliance never sees an operator's private key; it only verifies the JWS aga
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.client import new_jti
 from appliance.domain import jose
-from appliance.errors import ConfigError
-from appliance.services.auth import dumps
+from appliance.errors import ApplianceError, ConfigError, VerificationFailed
+from appliance.services.auth import TYP_MINT_REQUEST, dumps
 from appliance.signing import SoftwareSigner
 
 
@@ -48,3 +49,26 @@ def check_enrolled(signer: SoftwareSigner, name: str, policy: dict[str, Any]) ->
                 raise ConfigError(f"the key file is not the key enrolled for {name}")
             return dict(op)
     raise ConfigError(f"{name} is not an enrolled operator")
+
+
+def check_requester_signed(policy: dict[str, Any], req: dict[str, Any]) -> None:
+    """On the approver's own machine: the request's JWS verifies under the requester's key in the active bundle
+    and names the recipient, amount and chain shown (VerificationFailed otherwise). Whoever rewrote the stored
+    request cannot make the requester's signature name their figures."""
+    operators = policy["active"]["bundle"]["operators"]
+    entries = operators["operators"] if isinstance(operators, dict) else operators
+    requester = next((op for op in entries if op["name"] == req.get("requester")), None)
+    if requester is None:
+        raise VerificationFailed(f"the requester {req.get('requester')!r} is not an enrolled operator")
+    try:
+        parsed = jose.verify_compact(str(req.get("request_jws", "")), [requester["jwk"]],
+                                     algs=jose.ALGS, typ=TYP_MINT_REQUEST)
+        payload = json.loads(parsed.payload)
+    except (ApplianceError, ValueError) as exc:
+        raise VerificationFailed(f"the request is not signed by its requester {requester['name']}: refusing to "
+                                 "sign") from exc
+    signed = (str(payload.get("to", "")).lower(), str(payload.get("amount")),
+              payload.get("chain_id")) if isinstance(payload, dict) else None
+    if signed != (str(req["to"]).lower(), str(req["amount"]), req["chain_id"]):
+        raise VerificationFailed(f"the request shown is not what {requester['name']} signed (recipient, amount "
+                                 "or chain differ): refusing to sign")

@@ -10,7 +10,7 @@ from appliance.client import Client
 from appliance.commands import url_option
 from appliance.domain import amounts, eip712
 from appliance.errors import VerificationFailed
-from appliance.operator import check_enrolled, load_key, sign_request
+from appliance.operator import check_enrolled, check_requester_signed, load_key, sign_request
 from appliance.services import auth
 
 
@@ -52,6 +52,7 @@ def describe(req: dict[str, Any]) -> str:
         f"needs     {req['required'].get('text', req['required'])}",
         "approvals " + (", ".join(f"{a['operator']}:{a['decision']}" for a in req["approvals"]) or "none"),
     ]
+    lines += [f"WARNING   {w}" for w in req.get("warnings", [])]
     if req.get("authorization"):
         lines.append(f"signature {req['authorization']['signature']}")
         lines.append(f"signer    {req['authorization']['signer']}")
@@ -105,6 +106,10 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
     if message.to != req["to"] or str(message.amount) != req["amount"] or domain.chain_id != req["chain_id"]:
         raise VerificationFailed("the typed data does not match the request fields: refusing to sign")
     decision = "reject" if reject else "approve"
+    if not reject:
+        check_requester_signed(client.policy(), req)
+        if req.get("warnings"):
+            raise VerificationFailed("the appliance would not sign this request: " + "; ".join(req["warnings"]))
     if not as_json:
         click.echo(describe(req))
     if not (yes or as_json):

@@ -614,7 +614,8 @@ class MintService:
                 if earlier["text"] != required["text"]:
                     required = {**required, "text": f"{required['text']} (active policy); and "
                                 f"{earlier['text']} (policy the request was made under)", "recorded": earlier}
-        status = self._status(row, now)
+            status = self._status(row, now)
+            warnings = self._warnings(conn, row, active, now) if status == "pending" else []
         return {
             "id": row.id, "status": status, "requester": row.requester, "chain_id": row.chain_id,
             "to": row.to_address, "amount": row.amount,
@@ -625,7 +626,19 @@ class MintService:
             "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat} for a in approvals],
             "quorum": result.to_json(), "created_at": row.created_at, "expires_at": row.expires_at,
             "authorization": self._stored_authorization(request_id),
+            "request_jws": row.request_jws, "warnings": warnings,
         }
+
+    def _warnings(self, conn: Connection, row: Any, active: ActiveBundle, now: int) -> list[str]:
+        """Why the appliance would refuse to sign the request as stored, whatever the approvals (shown to
+        approvers before they sign): a row that is not what its requester signed, or rules no longer met.
+        The velocity limit and the reserve guard are judged at signing time and left out here."""
+        recorded = self.policies.by_hash(conn, row.policy_hash)
+        contract = self.app.settings.chain(row.chain_id)
+        return mint_rules.signing_refusals(
+            self._signed_terms(conn, row), self._stored_terms(row), recorded=recorded.policy,
+            active=active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
+            authorized=[], request_id=row.id, now=now)
 
     def list(self, status: str | None, limit: int, offset: int) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
