@@ -1,0 +1,303 @@
+"""T1 (the database writer) and T1+T2 (with one officer's key) against an appliance on SQLite and PostgreSQL.
+
+Each test is an attack from issue 10's review, made with raw SQL on a connection of the attacker's own, and
+each ends by counting the HSM's signatures: the promise is that none is made that the anchored,
+quorum-approved policy did not allow, and that a rollback is refused (503 rollback-detected), never served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import Engine, text
+
+from appliance.domain import jose
+from appliance.domain.canonical import canonical_json
+from appliance.domain.policy import PolicyBundle
+from appliance.services import auth
+from appliance.services.mint import RECOVERY_AFTER_SECONDS, _digest_of
+from appliance.signing import SoftwareSigner
+from tests.helpers import Harness, metric
+
+ELSEWHERE = "0x000000000000000000000000000000000000dEaD"  # on no allowlist
+
+
+def created(h: Harness, **kw: Any) -> dict[str, Any]:
+    response = h.request(**kw)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def shown(h: Harness, request_id: str) -> dict[str, Any]:
+    """The request as an approver's client fetches it (and would sign it)."""
+    return h.client.get(f"/v1/mint-requests/{request_id}").get_json()  # type: ignore[no-any-return]
+
+
+def sql(attacker: Engine, statement: str, **params: Any) -> list[Any]:
+    with attacker.begin() as conn:
+        result = conn.execute(text(statement), params)
+        return list(result) if result.returns_rows else []
+
+
+def recompute_digest(h: Harness, attacker: Engine, request_id: str) -> None:
+    """What a careful attacker does after editing a request's fields: the digest column matches them again."""
+    row = sql(attacker, "SELECT * FROM mint_requests WHERE id = :id", id=request_id)[0]
+    s = h.app_ctx.settings
+    digest = _digest_of(s.eip712_name, s.eip712_version, row.chain_id, row.verifying_contract, row.to_address,
+                        row.amount, row.nonce, row.valid_after, row.valid_before)
+    sql(attacker, "UPDATE mint_requests SET digest = :d WHERE id = :id", d=digest, id=request_id)
+
+
+def audit_actions(attacker: Engine, subject: str) -> list[str]:
+    rows = sql(attacker, "SELECT entry FROM audit_entries ORDER BY idx")
+    return [e["action"] for e in map(json.loads, (r.entry for r in rows)) if e.get("subject") == subject]
+
+
+def refused(response: Any) -> None:
+    """A refusal the caller can read: 4xx (or 503 for a detected rollback) with a problem, never a 500."""
+    assert response.status_code in (403, 404, 409, 422, 503), (response.status_code, response.get_json())
+    assert response.get_json()["type"].startswith("urn:appliance:problem:")
+
+
+# -- a pending request redirected -------------------------------------------------------------------------
+
+def test_a_pending_request_redirected_in_the_database_is_never_signed(h: Harness, attacker: Engine,
+                                                                     hsm_signs: Counter[str]) -> None:
+    req = created(h)
+    sql(attacker, "UPDATE mint_requests SET to_address = :to, amount = :amount WHERE id = :id",
+        to=ELSEWHERE, amount=str(4 * int(req["amount"])), id=req["id"])
+    recompute_digest(h, attacker, req["id"])
+    seen = shown(h, req["id"])
+    assert seen["to"] == ELSEWHERE  # the approvers are shown the attacker's figures and sign them
+    assert h.approve("bob", seen).status_code == 201
+    final = h.approve("carol", seen)
+    refused(final)
+    assert "requester" in json.dumps(final.get_json())  # what alice signed is not what is stored
+    assert hsm_signs["mint"] == 0
+    refused(h.client.get(f"/v1/mint-requests/{req['id']}/authorization"))
+    assert hsm_signs["mint"] == 0
+    assert "mint.authorization.refused" in audit_actions(attacker, req["id"])
+
+
+def test_a_validity_window_stretched_in_the_database_is_never_signed(h: Harness, attacker: Engine,
+                                                                    hsm_signs: Counter[str]) -> None:
+    req = created(h)
+    year = 365 * 86400
+    sql(attacker, "UPDATE mint_requests SET valid_before = valid_before + :y, expires_at = expires_at + :y "
+        "WHERE id = :id", y=year, id=req["id"])
+    recompute_digest(h, attacker, req["id"])
+    seen = shown(h, req["id"])
+    h.approve("bob", seen)
+    refused(h.approve("carol", seen))
+    assert hsm_signs["mint"] == 0
+
+
+def test_a_verifying_contract_changed_in_the_database_is_never_signed(h: Harness, attacker: Engine,
+                                                                     hsm_signs: Counter[str]) -> None:
+    req = created(h)
+    sql(attacker, "UPDATE mint_requests SET verifying_contract = :c WHERE id = :id", c=ELSEWHERE, id=req["id"])
+    recompute_digest(h, attacker, req["id"])
+    seen = shown(h, req["id"])
+    h.approve("bob", seen)
+    refused(h.approve("carol", seen))
+    assert hsm_signs["mint"] == 0
+
+
+def test_a_bundle_row_with_the_requesters_key_replaced_does_not_vouch_for_a_forged_request(
+        h: Harness, attacker: Engine, hsm_signs: Counter[str]) -> None:
+    """The attacker inserts a bundle in which 'alice' has the attacker's key, and a request signed with it."""
+    req = created(h)
+    active = h.client.get("/v1/policy").get_json()["active"]["bundle"]
+    mine = SoftwareSigner.for_key(ec.generate_private_key(ec.SECP256R1()))
+    for op in active["operators"]["operators"]:
+        if op["name"] == "alice":
+            op["jwk"] = mine.public_jwk()
+    forged = PolicyBundle.from_json(active)
+    sql(attacker, "INSERT INTO policy_bundles (id, hash, bundle, status, proposed_by, created_at) "
+        "VALUES ('forged', :hash, :bundle, 'superseded', 'erin', 0)",
+        hash=forged.hash, bundle=canonical_json(forged.to_json()).decode())
+    payload = {"to": ELSEWHERE, "amount": req["amount"], "chain_id": h.chain_id, "iat": int(h.clock()),
+               "jti": "forged-request"}
+    jws = jose.sign_compact({"alg": mine.alg, "kid": mine.key_id, "typ": auth.TYP_MINT_REQUEST},
+                            json.dumps(payload).encode(), mine.sign)
+    sql(attacker, "UPDATE mint_requests SET to_address = :to, request_jws = :jws, policy_hash = :hash "
+        "WHERE id = :id", to=ELSEWHERE, jws=jws, hash=forged.hash, id=req["id"])
+    recompute_digest(h, attacker, req["id"])
+    seen = h.client.get(f"/v1/mint-requests/{req['id']}")
+    if seen.status_code == 200:
+        body = seen.get_json()
+        for name in ("bob", "carol"):
+            response = h.approve(name, body)
+            assert response.status_code < 500, response.get_json()
+    else:
+        refused(seen)
+    refused(h.client.get(f"/v1/mint-requests/{req['id']}/authorization"))
+    assert hsm_signs["mint"] == 0
+
+
+# -- approvals --------------------------------------------------------------------------------------------
+
+def test_approval_rows_written_by_the_requester_with_database_access_do_not_count(
+        h: Harness, attacker: Engine, hsm_signs: Counter[str]) -> None:
+    """T1+T2: alice, the requester, also writes the database: bob's and carol's approvals are forged rows."""
+    req = created(h)
+    other = created(h)
+    genuine = h.approval("bob", other)  # bob's real signature, but over another request
+    assert h.client.post(f"/v1/mint-requests/{other['id']}/approvals", json={"jws": genuine}).status_code == 201
+    for name, token in (("bob", genuine), ("carol", h.approval("alice", req))):
+        sql(attacker, "INSERT INTO mint_approvals (request_id, operator, decision, digest, policy_hash, iat, jws, "
+            "created_at) VALUES (:id, :op, 'approve', :digest, :policy, :iat, :jws, :iat)",
+            id=req["id"], op=name, digest=req["digest"], policy=req["policy"], iat=int(h.clock()), jws=token)
+    refused(h.client.get(f"/v1/mint-requests/{req['id']}/authorization"))
+    assert shown(h, req["id"])["status"] == "pending"
+    assert hsm_signs["mint"] == 0
+
+
+# -- closed requests ---------------------------------------------------------------------------------------
+
+def _resurrect(attacker: Engine, request_id: str) -> None:
+    sql(attacker, "DELETE FROM mint_approvals WHERE request_id = :id AND decision = 'reject'", id=request_id)
+    sql(attacker, "UPDATE mint_requests SET status = 'pending', closed_by = NULL, closed_at = NULL "
+        "WHERE id = :id", id=request_id)
+
+
+def test_a_vetoed_request_set_back_to_pending_is_never_signed(h: Harness, attacker: Engine,
+                                                            hsm_signs: Counter[str]) -> None:
+    req = created(h)
+    assert h.approve("dave", req, decision="reject").get_json()["status"] == "rejected"
+    _resurrect(attacker, req["id"])
+    assert h.approve("bob", req).status_code == 201
+    final = h.approve("carol", req)
+    refused(final)
+    assert "mint.rejected" in json.dumps(final.get_json())
+    assert hsm_signs["mint"] == 0
+
+
+def test_a_cancelled_request_with_a_stale_reservation_inserted_is_never_signed(h: Harness, attacker: Engine,
+                                                                             hsm_signs: Counter[str]) -> None:
+    """The recovery path: a stale unsigned reservation row makes GET .../authorization take it over. The
+    takeover decides like a first signature, at now, with closures as the checkpointed log records them."""
+    req = created(h)
+    h.approve("bob", req)
+    h.approve("carol", req, decision="reject")
+    _resurrect(attacker, req["id"])
+    sql(attacker, "INSERT INTO mint_approvals (request_id, operator, decision, digest, policy_hash, iat, jws, "
+        "created_at) VALUES (:id, 'carol', 'approve', :digest, :policy, :iat, :jws, :iat)", id=req["id"],
+        digest=req["digest"], policy=req["policy"], iat=int(h.clock()), jws=h.approval("carol", req))
+    row = sql(attacker, "SELECT nonce, digest, chain_id, amount FROM mint_requests WHERE id = :id", id=req["id"])[0]
+    sql(attacker, "INSERT INTO mint_authorizations (request_id, nonce, digest, chain_id, amount, signer, "
+        "reserved_at) VALUES (:id, :nonce, :digest, :chain, :amount, :signer, :at)", id=req["id"],
+        nonce=row.nonce, digest=row.digest, chain=row.chain_id, amount=row.amount,
+        signer=h.app_ctx.mint_signer.address, at=int(h.clock()) - 10)
+    h.clock.advance(RECOVERY_AFTER_SECONDS + 1)
+    refused(h.client.get(f"/v1/mint-requests/{req['id']}/authorization"))
+    refused(h.client.get(f"/v1/mint-requests/{req['id']}/authorization"))
+    assert hsm_signs["mint"] == 0
+
+
+def test_a_cancelled_request_resurrected_is_never_signed(h: Harness, attacker: Engine,
+                                                       hsm_signs: Counter[str]) -> None:
+    req = created(h)
+    cancel = h.jws("alice", auth.TYP_MINT_CANCEL, {"request_id": req["id"]})
+    assert h.client.post(f"/v1/mint-requests/{req['id']}/cancel", json={"jws": cancel}).status_code == 200
+    _resurrect(attacker, req["id"])
+    h.approve("bob", req)
+    refused(h.approve("carol", req))
+    assert hsm_signs["mint"] == 0
+
+
+# -- rollback of the histories -----------------------------------------------------------------------------
+
+def test_a_policy_rolled_back_in_the_database_is_detected_and_nothing_is_signed(
+        h: Harness, attacker: Engine, hsm_signs: Counter[str]) -> None:
+    """Deleting the latest activated bundle and re-activating the previous one would bring back bob."""
+    from tests.integration.test_policy_changes import enact, tables
+
+    policy, operators = tables(h)
+    for op in operators["operators"]:
+        if op["name"] == "bob":
+            op["enabled"] = False
+    latest = enact(h, policy, operators)
+    req = created(h)
+    failures = metric("appliance_integrity_failures_total", history="policy")
+    row = sql(attacker, "SELECT id, activated_seq FROM policy_bundles WHERE hash = :h", h=latest)[0]
+    sql(attacker, "DELETE FROM policy_approvals WHERE bundle_id = :id", id=row.id)
+    sql(attacker, "DELETE FROM policy_bundles WHERE id = :id", id=row.id)
+    sql(attacker, "UPDATE policy_bundles SET status = 'active' WHERE activated_seq = :seq",
+        seq=row.activated_seq - 1)
+    for response in (h.client.get("/v1/policy"), h.request(), h.approve("bob", req), h.approve("carol", req),
+                     h.client.get(f"/v1/mint-requests/{req['id']}/authorization")):
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["type"] == "urn:appliance:problem:rollback-detected"
+    ready = h.client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["integrity"]["ok"] is False
+    assert metric("appliance_integrity_failures_total", history="policy") > failures
+    assert hsm_signs["mint"] == 0
+
+
+def test_the_audit_log_rolled_back_behind_its_checkpoint_is_detected(h: Harness, attacker: Engine,
+                                                                    hsm_signs: Counter[str]) -> None:
+    """The veto is covered by a checkpoint; erasing its entry (and rebuilding the head) is a rollback."""
+    from appliance.domain.merkle import CompactRange
+
+    req = created(h)
+    h.approve("dave", req, decision="reject")
+    idx = min(r.idx for r in sql(attacker, "SELECT idx, entry FROM audit_entries ORDER BY idx")
+              if json.loads(r.entry)["action"] == "mint.rejected")  # the officer's rejection, then the closure
+    sql(attacker, "DELETE FROM audit_entries WHERE idx >= :i", i=idx)
+    tree = CompactRange.empty()
+    for r in sql(attacker, "SELECT leaf_hash FROM audit_entries ORDER BY idx"):
+        tree = tree.append(bytes(r.leaf_hash))
+    sql(attacker, "UPDATE audit_head SET size = :n, compact = :c, root = :r", n=tree.size, c=tree.encode(),
+        r=tree.root())
+    _resurrect(attacker, req["id"])
+    signed = hsm_signs["audit"]
+    for response in (h.approve("bob", req), h.approve("carol", req),
+                     h.client.get("/v1/audit/proof/inclusion?index=0&size=1")):
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["type"] == "urn:appliance:problem:rollback-detected"
+    assert h.client.get("/readyz").status_code == 503
+    # the checkpoint served is still the one the HSM signed over the log before the cut: evidence of the cut
+    assert h.client.get("/v1/audit/checkpoint").get_data(as_text=True).splitlines()[1] == str(tree.size + 2)
+    assert hsm_signs["mint"] == 0 and hsm_signs["audit"] == signed
+
+
+def test_an_attestation_deleted_from_the_database_is_detected_and_no_fork_is_signed(
+        h: Harness, attacker: Engine, hsm_signs: Counter[str]) -> None:
+    from tests.integration.test_attestations import attest, inputs, later
+
+    reserves, supply, _ = inputs(h)
+    assert attest(h, reserves, supply).status_code == 201
+    stamp = "2099-01-01T00:00:00Z"
+    h.clock.now = 4070908800 + 120
+    assert attest(h, later(reserves, stamp), later(supply, stamp)).status_code == 201
+    before = hsm_signs["attestation"]
+    sql(attacker, "DELETE FROM attestations WHERE seq = 2")
+    again = attest(h, later(reserves, "2098-12-31T00:00:00Z"), later(supply, "2098-12-31T00:00:00Z"))
+    assert again.status_code == 503 and again.get_json()["type"] == "urn:appliance:problem:rollback-detected"
+    assert hsm_signs["attestation"] == before
+    assert h.client.get("/readyz").get_json()["checks"]["integrity"]["ok"] is False
+
+
+def test_the_reserve_guard_reads_the_signed_attestation_not_the_tables_columns(
+        h: Harness, attacker: Engine, hsm_signs: Counter[str]) -> None:
+    from datetime import UTC, datetime
+
+    from tests.integration.test_attestations import attest, inputs, later
+    from tests.integration.test_policy_changes import enact, tables
+
+    policy, _ = tables(h)
+    policy["reserve_guard"]["enabled"] = True
+    enact(h, policy)
+    reserves, supply, _ = inputs(h)
+    stamp = datetime.fromtimestamp(h.clock() - 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    supply["chains"][0]["total_supply"] = str(100100000000 * 10**4 - 5_000_000 * 10**6)  # 5M tokens of headroom
+    assert attest(h, later(reserves, stamp), later(supply, stamp)).status_code == 201
+    sql(attacker, "UPDATE attestations SET reserves_total = :big, supply_total = '0', status = 'FULLY_BACKED'",
+        big=str(10**30))
+    too_much = h.request(amount=str(6_000_000 * 10**6))
+    assert too_much.status_code == 422 and "exceed reserves" in json.dumps(too_much.get_json())
+    assert hsm_signs["mint"] == 0
