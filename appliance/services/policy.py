@@ -6,7 +6,8 @@ has approved its hash, and it applies to requests created afterwards (each reque
 
 The database is not trusted with the policy. `init` writes the first bundle's hash into the HSM token (a private,
 non-modifiable data object) and every read of the active bundle checks the history back to it: each activated
-bundle's text hashes to its recorded hash, and each one after the first carries verifying approvals by a quorum
+bundle's text hashes to its recorded hash, and each one after the first is exactly what a security admin of the
+previous bundle signed as a proposal on that bundle (its `base`) and carries verifying approvals by a quorum
 of the previous bundle's security admins. Someone who can write the database but holds no admin's key cannot
 install a policy or operator set of their own; the appliance refuses to act (503) instead.
 """
@@ -37,6 +38,7 @@ from appliance.domain.policy import (
     unreachable_mint_tiers,
 )
 from appliance.errors import (
+    ApplianceError,
     ConfigError,
     Conflict,
     InfrastructureError,
@@ -49,6 +51,8 @@ from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
 from appliance.store.tables import attestations, policy_approvals, policy_bundles
+
+PROPOSAL_TTL_SECONDS = 7 * 86400  # a proposal not activated within a week must be proposed again
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,9 @@ class PolicyService:
             if i == 0:
                 continue
             previous = bundles[i - 1]
+            fault = _vouched_proposal(row, rows[i - 1].hash, previous)
+            if isinstance(fault, str):
+                raise PolicyHistoryInvalid(f"policy bundle {row.hash}: {fault}")
             approvers, rejecters = _tally(conn, row, previous)
             if rejecters or len(approvers) < previous.policy.governance.approvals:
                 raise PolicyHistoryInvalid(f"policy bundle {row.hash} lacks a verifying quorum of the previous "
@@ -266,17 +273,26 @@ class PolicyService:
             active = self.active(conn)
             rows = conn.execute(select(policy_bundles).where(policy_bundles.c.status == "proposed")
                                 .order_by(policy_bundles.c.created_at)).all()
-            proposals = [self._proposal_json(conn, r) for r in rows]
+            proposals = [self._proposal_json(conn, r, active) for r in rows]
         return {"active": {"id": active.id, "hash": active.hash, "activated_seq": active.activated_seq,
                            "bundle": active.bundle.to_json()},
                 "governance": _governance_text(active.bundle), "proposals": proposals}
 
-    def _proposal_json(self, conn: Connection, row: Any) -> dict[str, Any]:
+    def _proposal_json(self, conn: Connection, row: Any, active: ActiveBundle) -> dict[str, Any]:
         votes = conn.execute(select(policy_approvals.c.operator, policy_approvals.c.decision)
                              .where(policy_approvals.c.bundle_id == row.id).order_by(policy_approvals.c.operator))
         return {"id": row.id, "hash": row.hash, "status": row.status, "proposed_by": row.proposed_by,
                 "approvals": [{"operator": v.operator, "decision": v.decision} for v in votes],
-                "bundle": json.loads(row.bundle)}
+                "bundle": json.loads(row.bundle), "proposal_jws": row.proposal_jws,
+                **self._proposal_state(row, active)}
+
+    @staticmethod
+    def _proposal_state(row: Any, active: ActiveBundle) -> dict[str, Any]:
+        """base and expires_at as the proposer signed them, or why the proposal can no longer be approved."""
+        proposal = _vouched_proposal(row, active.hash, active.bundle)
+        if isinstance(proposal, str):
+            return {"base": None, "expires_at": None, "problem": proposal}
+        return {"base": proposal["base"], "expires_at": int(proposal["iat"]) + PROPOSAL_TTL_SECONDS, "problem": None}
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -304,6 +320,12 @@ class PolicyService:
         active = self.active()
         who = auth.authenticate(token, active.bundle, typ=auth.TYP_POLICY_PROPOSAL,
                                 roles=frozenset({POLICY_PROPOSER_ROLE}), now=now)
+        base = who.payload.get("base")
+        if not isinstance(base, str):
+            raise InvalidInput("jws.payload.base must be the hash of the active bundle this proposal changes")
+        if base != active.hash:
+            raise Conflict(f"the proposal is built on bundle {base}, but the active bundle is {active.hash}: "
+                           "fetch the policy again and propose on it")
         proposed = self._proposed_bundle(who.payload, active.bundle)
         digest = proposed.hash
         proposal_id = str(uuid.uuid4())
@@ -315,13 +337,14 @@ class PolicyService:
                 raise Conflict(f"a bundle with hash {digest} exists already ({exists.id})")
             conn.execute(insert(policy_bundles).values(
                 id=proposal_id, hash=digest, bundle=canonical_json(proposed.to_json()).decode("utf-8"),
-                status="proposed", proposed_by=who.operator.name, created_at=now))
+                status="proposed", proposed_by=who.operator.name, created_at=now, proposal_jws=who.token))
             self.audit.record(conn, actor=who.operator.name, action="policy.proposed", subject=digest,
                               details={"proposal": proposal_id}, policy_hash=active.hash)
 
         self.app.db.write(store, "policy")
         metrics.POLICY_CHANGES.labels("proposed").inc()
-        return {"id": proposal_id, "hash": digest, "status": "proposed", "governance": _governance_text(
+        return {"id": proposal_id, "hash": digest, "status": "proposed", "base": active.hash,
+                "expires_at": who.iat + PROPOSAL_TTL_SECONDS, "governance": _governance_text(
             active.bundle), "warnings": [str(p) for p in unreachable_mint_tiers(proposed)]}
 
     @staticmethod
@@ -349,6 +372,12 @@ class PolicyService:
                 raise NotFound(f"no policy proposal {proposal_id}")
             if row.status != "proposed":
                 raise Conflict(f"proposal {proposal_id} is {row.status}")
+            proposal = _vouched_proposal(row, active.hash, active.bundle)
+            if isinstance(proposal, str):
+                raise Conflict(f"proposal {proposal_id} cannot be approved: {proposal}")
+            if now >= int(proposal["iat"]) + PROPOSAL_TTL_SECONDS:
+                raise Conflict(f"proposal {proposal_id} expired {PROPOSAL_TTL_SECONDS // 86400} days after it was "
+                               "proposed: propose it again")
             payload = who.payload
             if payload.get("proposal") != proposal_id or payload.get("hash") != row.hash:
                 raise PolicyViolation("the approval does not name this proposal and its bundle hash")
@@ -394,6 +423,28 @@ class PolicyService:
                           details={"proposal": row.id, "previous": active.hash, "approvers": sorted(approvers)},
                           policy_hash=row.hash)
         return {"id": row.id, "hash": row.hash, "status": "active", "approvals": sorted(approvers)}
+
+
+def _vouched_proposal(row: Any, base_hash: str, base: PolicyBundle) -> dict[str, Any] | str:
+    """The payload of the stored proposal `row` if its proposer signed exactly it: the proposal JWS verifies
+    under `base`'s keys, by an enabled security admin, names `base_hash` as its base, and its policy and operators
+    give the row's bundle hash. Otherwise the reason (a str). Whoever writes the database cannot make a
+    proposer's signature name another bundle, and a proposal built on an older bundle never undoes a newer one."""
+    verified = auth.verify_stored(row.proposal_jws or "", base, auth.TYP_POLICY_PROPOSAL)
+    if verified is None:
+        return "the stored proposal does not verify as signed by an operator of the bundle it changes"
+    operator, payload = verified
+    if not operator.enabled or POLICY_PROPOSER_ROLE not in operator.roles:
+        return f"{operator.name} may not propose policy changes"
+    if payload.get("base") != base_hash:
+        return f"it was proposed on bundle {payload.get('base')}, not on the active bundle {base_hash}"
+    try:
+        proposed = PolicyService._proposed_bundle(payload, base)
+    except ApplianceError:
+        return "the signed proposal does not give a valid bundle"
+    if proposed.hash != row.hash or isinstance(payload.get("iat"), bool) or not isinstance(payload.get("iat"), int):
+        return "the stored bundle is not the one its proposer signed"
+    return payload
 
 
 def _tally(conn: Connection, row: Any, governing: PolicyBundle) -> tuple[set[str], set[str]]:

@@ -66,6 +66,7 @@ policy_bundles = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("activated_seq", Integer, nullable=True, unique=True),
     Column("activated_at", BigInteger, nullable=True),
+    Column("proposal_jws", Text, nullable=True),  # the proposer's signed proposal (none for the first bundle)
 )
 
 policy_approvals = Table(

@@ -22,7 +22,8 @@ def tables(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def propose(h: Harness, policy: dict[str, Any], operators: dict[str, Any] | None, by: str = "erin") -> Any:
-    jws = h.jws(by, auth.TYP_POLICY_PROPOSAL, {"policy": policy, "operators": operators})
+    jws = h.jws(by, auth.TYP_POLICY_PROPOSAL, {"policy": policy, "operators": operators,
+                                               "base": current(h)["active"]["hash"]})
     return h.client.post("/v1/policy/proposals", json={"jws": jws})
 
 
@@ -157,12 +158,15 @@ def _install(h: Harness, policy: dict[str, Any], operators: dict[str, Any], vote
     from appliance.store.tables import policy_approvals, policy_bundles
     bundle = PolicyBundle(parse_policy(policy), parse_operators(operators))
     bundle_id = str(uuid.uuid4())
+    proposal = h.jws("erin", auth.TYP_POLICY_PROPOSAL, {"policy": policy, "operators": operators,
+                                                        "base": current(h)["active"]["hash"]})
     with h.app_ctx.db.engine.begin() as conn:
         seq = conn.execute(select(func.max(policy_bundles.c.activated_seq))).scalar_one() + 1
         conn.execute(update(policy_bundles).where(policy_bundles.c.status == "active").values(status="superseded"))
         conn.execute(policy_bundles.insert().values(
             id=bundle_id, hash=bundle.hash, bundle=canonical_json(bundle.to_json()).decode(), status="active",
-            proposed_by="erin", created_at=int(h.clock()), activated_seq=seq, activated_at=int(h.clock())))
+            proposed_by="erin", created_at=int(h.clock()), activated_seq=seq, activated_at=int(h.clock()),
+            proposal_jws=proposal))
         for name in voters:
             jws = h.jws(name, auth.TYP_POLICY_APPROVAL, {"proposal": bundle_id, "hash": bundle.hash,
                                                          "decision": "approve"})
@@ -259,7 +263,8 @@ def test_the_anchor_is_in_the_token_and_another_database_cannot_claim_it(env: An
 
 def test_a_vote_signed_with_a_since_rotated_key_does_not_count(h: Harness) -> None:
     """erin votes on P2, then erin's key is rotated by another bundle: P2 must not activate on that stale vote
-    (it would not verify in the history check, and every later read would be refused)."""
+    (it would not verify in the history check, and every later read would be refused). P2 names the bundle it
+    was built on, so once the rotation lands it is stale and no vote on it is taken at all."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     from appliance.signing import SoftwareSigner
@@ -278,7 +283,8 @@ def test_a_vote_signed_with_a_since_rotated_key_does_not_count(h: Harness) -> No
     policy2["name"] = "rotation"
     enact(h, policy2, rotated)
     h.signers["erin"] = new_erin
-    assert vote(h, p2, "frank").get_json()["status"] == "proposed"  # erin's old vote no longer counts
+    stale = vote(h, p2, "frank")  # P2 was built on the bundle the rotation replaced: it can no longer land
+    assert stale.status_code == 409 and "cannot be approved" in stale.get_json()["detail"]
     assert h.client.get("/v1/policy").status_code == 200
     assert current(h)["active"]["bundle"]["policy"]["name"] == "rotation"
     assert h.request(amount="1000").status_code == 201
