@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.client import new_jti
 from appliance.domain import jose
+from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
 from appliance.errors import ApplianceError, ConfigError, VerificationFailed
-from appliance.services.auth import TYP_MINT_REQUEST, dumps
+from appliance.services.auth import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, dumps
 from appliance.signing import SoftwareSigner
 
 
@@ -72,3 +73,33 @@ def check_requester_signed(policy: dict[str, Any], req: dict[str, Any]) -> None:
     if signed != (str(req["to"]).lower(), str(req["amount"]), req["chain_id"]):
         raise VerificationFailed(f"the request shown is not what {requester['name']} signed (recipient, amount "
                                  "or chain differ): refusing to sign")
+
+
+def check_proposal(policy: dict[str, Any], proposal: dict[str, Any]) -> dict[str, Any]:
+    """On the admin's own machine: the bundle the proposer signed, recomputed from their proposal JWS (verified
+    under an enabled security admin's key in the active bundle, on the active bundle as its base) and checked to
+    be the bundle and hash the service lists. Returns that bundle's JSON; VerificationFailed otherwise."""
+    active = policy["active"]
+    admins = [op["jwk"] for op in active["bundle"]["operators"]["operators"]
+              if op.get("enabled", True) and POLICY_PROPOSER_ROLE in op.get("roles", [])]
+    try:
+        parsed = jose.verify_compact(str(proposal.get("proposal_jws") or ""), admins, algs=jose.ALGS,
+                                     typ=TYP_POLICY_PROPOSAL)
+        payload = json.loads(parsed.payload)
+        if not isinstance(payload, dict):
+            raise ValueError("payload")
+    except (ApplianceError, ValueError) as exc:
+        raise VerificationFailed("the proposal is not signed by an enabled security admin of the active bundle: "
+                                 "refusing to vote") from exc
+    if payload.get("base") != active["hash"]:
+        raise VerificationFailed(f"the proposal was made on bundle {payload.get('base')}, not on the active bundle "
+                                 f"{active['hash']}: refusing to vote (it would undo what changed since)")
+    operators = payload.get("operators") or active["bundle"]["operators"]
+    try:
+        signed = PolicyBundle.from_json({"policy": payload.get("policy"), "operators": operators})
+        listed = PolicyBundle.from_json(proposal.get("bundle"))
+    except ApplianceError as exc:
+        raise VerificationFailed(f"the proposal does not give a valid bundle: {exc}") from exc
+    if not signed.hash == listed.hash == proposal.get("hash"):
+        raise VerificationFailed("the bundle the service lists is not the one its proposer signed: refusing to vote")
+    return signed.to_json()

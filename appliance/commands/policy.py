@@ -11,7 +11,8 @@ import click
 
 from appliance.client import Client
 from appliance.commands import url_option
-from appliance.operator import check_enrolled, load_key, sign_request
+from appliance.domain.bundle_diff import diff
+from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
 from appliance.services import auth
 
 
@@ -41,8 +42,10 @@ def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, 
     """Propose POLICY_FILE (and optionally a new operator set) as the next bundle."""
     client = Client(ctx.obj.url())
     signer = load_key(key)
-    check_enrolled(signer, operator, client.policy())
-    payload = {"policy": _toml(policy_file), "operators": _toml(operators_file) if operators_file else None}
+    current = client.policy()
+    check_enrolled(signer, operator, current)
+    payload = {"policy": _toml(policy_file), "operators": _toml(operators_file) if operators_file else None,
+               "base": current["active"]["hash"]}  # the bundle this proposal changes (stale once another lands)
     result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, auth.TYP_POLICY_PROPOSAL, payload)})
     click.echo(json.dumps(result, indent=2) if as_json else
                f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
@@ -56,11 +59,16 @@ def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, 
 @click.option("--operator", required=True)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--reject", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (scripts)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (implies --yes)")
 @url_option
 @click.pass_context
-def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, reject: bool, as_json: bool) -> None:
-    """Approve (or reject) a proposed bundle by its id; the bundle hash is signed too."""
+def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, reject: bool, yes: bool,
+            as_json: bool) -> None:
+    """Show what the proposal changes, then approve (or reject) it; the bundle hash is signed too.
+
+    The bundle is recomputed here from the proposer's signed proposal and compared with what the service lists:
+    a proposal rewritten in the database, or built on an older bundle, is refused before anything is signed."""
     client = Client(ctx.obj.url())
     signer = load_key(key)
     current = client.policy()
@@ -68,6 +76,15 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
     proposal = next((p for p in current["proposals"] if p["id"] == proposal_id), None)
     if proposal is None:
         raise click.ClickException(f"no pending proposal {proposal_id}")
+    if not reject:
+        proposed = check_proposal(current, proposal)
+        if not as_json:
+            changes = diff(current["active"]["bundle"], proposed)
+            click.echo(f"proposal {proposal_id} by {proposal['proposed_by']}, bundle {proposal['hash']}")
+            click.echo(f"changes against the active bundle {current['active']['hash']}:")
+            click.echo("\n".join(f"  {line}" for line in changes) or "  (none)")
+        if not (yes or as_json):
+            click.confirm(f"approve this change as {operator}?", abort=True)
     jws = sign_request(signer, auth.TYP_POLICY_APPROVAL, {"proposal": proposal_id, "hash": proposal["hash"],
                                                           "decision": "reject" if reject else "approve"})
     result = client.post(f"/v1/policy/proposals/{proposal_id}/approvals", {"jws": jws})
@@ -89,4 +106,5 @@ def show(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"changes need {current['governance']}")
     for p in current["proposals"]:
         votes = ", ".join(f"{v['operator']}:{v['decision']}" for v in p["approvals"]) or "no votes"
-        click.echo(f"proposal {p['id']} bundle {p['hash']} by {p['proposed_by']}: {votes}")
+        click.echo(f"proposal {p['id']} bundle {p['hash']} by {p['proposed_by']}: {votes}"
+                   + (f" (cannot be approved: {p['problem']})" if p.get("problem") else ""))

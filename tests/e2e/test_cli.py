@@ -242,9 +242,16 @@ def test_policy_change_and_cancellation_through_the_cli(service: Service, tmp_pa
     proposal = json.loads(service.cli("policy", "propose", str(tmp_path / "policy.toml"), "--operator", "erin",
                                       "--key", service.key("erin"), "--json").stdout)
     assert proposal["status"] == "proposed" and proposal["warnings"] == []
-    first = service.cli("policy", "approve", proposal["id"], "--operator", "erin", "--key", service.key("erin"))
+    first = service.cli("policy", "approve", proposal["id"], "--operator", "erin", "--key", service.key("erin"),
+                        "--yes")
     assert "proposed" in first.stdout
-    second = service.cli("policy", "approve", proposal["id"], "--operator", "frank", "--key", service.key("frank"))
+    # the admin reads the change, recomputed on their machine from erin's signed proposal, before signing
+    assert '~ policy.name: ' in first.stdout and '-> "changed through the cli"' in first.stdout
+    refused = service.cli("policy", "approve", proposal["id"], "--operator", "frank", "--key",
+                          service.key("frank"), check=False)  # no terminal to confirm on: nothing is signed
+    assert refused.returncode != 0 and "approve this change as frank?" in refused.stdout
+    second = service.cli("policy", "approve", proposal["id"], "--operator", "frank", "--key", service.key("frank"),
+                         "--yes")
     assert "active" in second.stdout
     assert json.loads(service.cli("policy", "show", "--json").stdout)["active"]["hash"] == proposal["hash"]
     to = service.dev["allowlist"][0]

@@ -1,0 +1,56 @@
+"""What a policy proposal changes, as lines a security admin reads before approving it (pure).
+
+Bundles are compared as their JSON tables. Operators are matched by name and allowlist entries by chain and
+address (so reordering is no change and a replaced key shows as the one member that changed); other lists by
+position. Each line is `~ path: old -> new`, `+ path: new` or `- path: old`, values as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+def _key(item: Any, index: int) -> str:
+    if isinstance(item, Mapping):
+        if "name" in item and isinstance(item["name"], str):
+            return item["name"]
+        if "address" in item:
+            return f"{item.get('chain_id', '')}:{item['address']}"
+    return str(index)
+
+
+def _flatten(value: Any, path: str, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping) and value:
+        for k in value:
+            _flatten(value[k], f"{path}.{k}" if path else str(k), out)
+    elif isinstance(value, list) and value:
+        keyed = [(_key(item, i), item) for i, item in enumerate(value)]
+        if len({k for k, _ in keyed}) != len(keyed):  # duplicate keys: fall back to positions
+            keyed = [(str(i), item) for i, item in enumerate(value)]
+        for k, item in keyed:
+            _flatten(item, f"{path}[{k}]", out)
+    else:
+        out[path] = value
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The changes from `old` to `new` (two bundles' JSON, or any two JSON objects), one line each, by path."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    _flatten(old, "", before)
+    _flatten(new, "", after)
+    lines = []
+    for path in sorted(before.keys() | after.keys()):
+        if path not in after:
+            lines.append(f"- {path}: {_show(before[path])}")
+        elif path not in before:
+            lines.append(f"+ {path}: {_show(after[path])}")
+        elif before[path] != after[path] or type(before[path]) is not type(after[path]):
+            lines.append(f"~ {path}: {_show(before[path])} -> {_show(after[path])}")
+    return lines
