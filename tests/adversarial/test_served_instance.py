@@ -111,3 +111,40 @@ def test_a_stale_reservation_inserted_into_the_sqlite_file_signs_nothing(service
         except urllib.error.HTTPError as exc:
             assert exc.code in (409, 422), exc.read()
     assert mint_signatures(svc) == before
+
+
+def test_a_pending_proposal_rewritten_in_the_sqlite_file_gets_no_admin_vote(service: Service,
+                                                                           tmp_path: Path) -> None:
+    """The blind vote: the attacker replaces a pending proposal's bundle and hash (a one-approval tier). The
+    admins' CLI recomputes the bundle from the proposer's signature and refuses; votes sent anyway never
+    activate it."""
+    import tomli_w
+
+    from appliance.domain.canonical import canonical_json
+    from appliance.domain.policy import PolicyBundle
+
+    svc = service
+    shown = json.loads(svc.cli("policy", "show", "--json").stdout)
+    policy = json.loads(json.dumps(shown["active"]["bundle"]["policy"]))
+    policy["name"] = "an honest change"
+    (tmp_path / "policy.toml").write_text(tomli_w.dumps(policy))
+    proposal = json.loads(svc.cli("policy", "propose", str(tmp_path / "policy.toml"), "--operator", "erin",
+                                  "--key", svc.key("erin"), "--json").stdout)
+    evil = json.loads(json.dumps(shown["active"]["bundle"]))
+    evil["policy"]["name"] = "an honest change"
+    for tier in evil["policy"]["mint"]["tiers"]:
+        tier["approvals"], tier["required"] = 1, {}
+    forged = PolicyBundle.from_json(evil)
+    with sqlite3.connect(database(svc), timeout=10) as db:
+        db.execute("UPDATE policy_bundles SET bundle = ?, hash = ? WHERE id = ?",
+                   (canonical_json(forged.to_json()).decode(), forged.hash, proposal["id"]))
+    for admin in ("erin", "frank"):
+        out = svc.cli("policy", "approve", proposal["id"], "--operator", admin, "--key", svc.key(admin), "--yes",
+                      check=False)
+        assert out.returncode != 0 and "not the one its proposer signed" in out.stderr, out.stderr
+    for admin in ("erin", "frank"):  # a script that signs the listed hash without looking
+        jws = sign_request(load_key(svc.key(admin)), auth.TYP_POLICY_APPROVAL,
+                           {"proposal": proposal["id"], "hash": forged.hash, "decision": "approve"})
+        status, body = post(svc, f"/v1/policy/proposals/{proposal['id']}/approvals", {"jws": jws})
+        assert status == 409 and "not the one its proposer signed" in body["detail"], body
+    assert json.loads(svc.cli("policy", "show", "--json").stdout)["active"]["hash"] == shown["active"]["hash"]
