@@ -225,10 +225,28 @@ class MintPolicy:
     allowlist: tuple[AllowlistEntry, ...]
 
 
+DEFAULT_PROPOSAL_TTL_SECONDS = 7 * 86400
+
+
 @dataclass(frozen=True)
 class Governance:
+    """Who changes the bundle: `approvals` distinct enabled holders of `eligible_roles`. A proposal expires
+    `proposal_ttl_seconds` after its proposer signed it; `proposer_counts` says whether the proposer's own
+    vote counts towards the quorum (true: two admins can change the bundle; false: the proposer plus two)."""
+
     approvals: int
     eligible_roles: frozenset[str]
+    proposal_ttl_seconds: int = DEFAULT_PROPOSAL_TTL_SECONDS
+    proposer_counts: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        # the newer members are written only when not the default: a bundle from before them keeps its hash
+        out: dict[str, Any] = {"approvals": self.approvals, "eligible_roles": _ordered(self.eligible_roles)}
+        if self.proposal_ttl_seconds != DEFAULT_PROPOSAL_TTL_SECONDS:
+            out["proposal_ttl_seconds"] = self.proposal_ttl_seconds
+        if not self.proposer_counts:
+            out["proposer_counts"] = False
+        return out
 
 
 @dataclass(frozen=True)
@@ -289,7 +307,7 @@ class Policy:
                 "tiers": [t.to_json() for t in m.tiers],
                 "allowlist": [{"chain_id": e.chain_id, "address": e.address, "label": e.label} for e in m.allowlist],
             },
-            "governance": {"approvals": g.approvals, "eligible_roles": _ordered(g.eligible_roles)},
+            "governance": g.to_json(),
             "reserve_guard": {"enabled": r.enabled, "max_attestation_age_seconds": r.max_attestation_age_seconds},
         }
 
@@ -346,10 +364,12 @@ def unreachable_governance(bundle: PolicyBundle) -> list[Problem]:
     if not any(POLICY_PROPOSER_ROLE in op.roles for op in enabled):
         problems.append(Problem("operators", f"no enabled {POLICY_PROPOSER_ROLE} is left to propose a change"))
     holders = sum(1 for op in enabled if op.roles & governance.eligible_roles)
-    if holders < governance.approvals:
+    needed = governance.approvals + (0 if governance.proposer_counts else 1)  # the proposer plus the quorum
+    if holders < needed:
         problems.append(Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
-                                f"{' or '.join(_ordered(governance.eligible_roles))} but only {holders} enabled "
-                                "operators hold those roles"))
+                                f"{' or '.join(_ordered(governance.eligible_roles))}"
+                                + ("" if governance.proposer_counts else " besides the proposer")
+                                + f" but only {holders} enabled operators hold those roles"))
     return problems
 
 
@@ -586,10 +606,14 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy.toml") -> Policy
     tiers = _tiers(p, m) if "tiers" in m else None
     allowlist = _allowlist(p, m)
 
-    g = p.table(top["governance"], "governance", {"approvals", "eligible_roles"},
+    g = p.table(top["governance"], "governance", {"approvals", "eligible_roles", "proposal_ttl_seconds",
+                                                  "proposer_counts"},
                 {"approvals", "eligible_roles"}) if "governance" in top else {}
     governance_approvals = p.integer(g, "approvals", "governance")
     governance_roles = p.roles(g, "eligible_roles", "governance")
+    proposal_ttl = p.integer(g, "proposal_ttl_seconds", "governance") if "proposal_ttl_seconds" in g \
+        else DEFAULT_PROPOSAL_TTL_SECONDS
+    proposer_counts = p.boolean(g, "proposer_counts", "governance", default=True)
 
     r = p.table(top["reserve_guard"], "reserve_guard", {"enabled", "max_attestation_age_seconds"},
                 {"enabled"}) if "reserve_guard" in top else {}
@@ -608,7 +632,8 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy.toml") -> Policy
                         velocity_window_seconds=window, request_ttl_seconds=request_ttl,
                         approval_ttl_seconds=approval_ttl, authorization_validity_seconds=validity,
                         veto_on_reject=_present(veto), tiers=_present(tiers), allowlist=allowlist),
-        governance=Governance(_present(governance_approvals), _present(governance_roles)),
+        governance=Governance(_present(governance_approvals), _present(governance_roles), _present(proposal_ttl),
+                              _present(proposer_counts)),
         reserve_guard=ReserveGuard(_present(guard_enabled), _present(max_age)))
 
 

@@ -52,8 +52,6 @@ from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
 from appliance.store.tables import attestations, policy_approvals, policy_bundles
 
-PROPOSAL_TTL_SECONDS = 7 * 86400  # a proposal not activated within a week must be proposed again
-
 
 @dataclass(frozen=True)
 class ActiveBundle:
@@ -292,7 +290,8 @@ class PolicyService:
         proposal = _vouched_proposal(row, active.hash, active.bundle)
         if isinstance(proposal, str):
             return {"base": None, "expires_at": None, "problem": proposal}
-        return {"base": proposal["base"], "expires_at": int(proposal["iat"]) + PROPOSAL_TTL_SECONDS, "problem": None}
+        ttl = active.bundle.policy.governance.proposal_ttl_seconds
+        return {"base": proposal["base"], "expires_at": int(proposal["iat"]) + ttl, "problem": None}
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -344,8 +343,9 @@ class PolicyService:
         self.app.db.write(store, "policy")
         metrics.POLICY_CHANGES.labels("proposed").inc()
         return {"id": proposal_id, "hash": digest, "status": "proposed", "base": active.hash,
-                "expires_at": who.iat + PROPOSAL_TTL_SECONDS, "governance": _governance_text(
-            active.bundle), "warnings": [str(p) for p in unreachable_mint_tiers(proposed)]}
+                "expires_at": who.iat + active.bundle.policy.governance.proposal_ttl_seconds,
+                "governance": _governance_text(active.bundle),
+                "warnings": [str(p) for p in unreachable_mint_tiers(proposed)]}
 
     @staticmethod
     def _proposed_bundle(payload: dict[str, Any], current: PolicyBundle) -> PolicyBundle:
@@ -375,9 +375,10 @@ class PolicyService:
             proposal = _vouched_proposal(row, active.hash, active.bundle)
             if isinstance(proposal, str):
                 raise Conflict(f"proposal {proposal_id} cannot be approved: {proposal}")
-            if now >= int(proposal["iat"]) + PROPOSAL_TTL_SECONDS:
-                raise Conflict(f"proposal {proposal_id} expired {PROPOSAL_TTL_SECONDS // 86400} days after it was "
-                               "proposed: propose it again")
+            ttl = active.bundle.policy.governance.proposal_ttl_seconds
+            if now >= int(proposal["iat"]) + ttl:
+                raise Conflict(f"proposal {proposal_id} expired {ttl} s after it was proposed "
+                               "(governance.proposal_ttl_seconds): propose it again")
             payload = who.payload
             if payload.get("proposal") != proposal_id or payload.get("hash") != row.hash:
                 raise PolicyViolation("the approval does not name this proposal and its bundle hash")
@@ -451,6 +452,8 @@ def _tally(conn: Connection, row: Any, governing: PolicyBundle) -> tuple[set[str
     """(approvers, rejecters) of proposal `row` among `governing`'s enabled eligible operators, counting only
     stored votes whose JWS verifies under `governing`'s keys and names this proposal and its hash."""
     eligible_roles = set(governing.policy.governance.eligible_roles)
+    proposer = auth.verify_stored(row.proposal_jws or "", governing, auth.TYP_POLICY_PROPOSAL)
+    excluded = None if governing.policy.governance.proposer_counts or proposer is None else proposer[0].name
     approvers: set[str] = set()
     rejecters: set[str] = set()
     for vote in conn.execute(select(policy_approvals.c.jws).where(policy_approvals.c.bundle_id == row.id)):
@@ -458,7 +461,7 @@ def _tally(conn: Connection, row: Any, governing: PolicyBundle) -> tuple[set[str
         if verified is None:
             continue
         operator, payload = verified
-        if (not operator.enabled or not operator.roles & eligible_roles
+        if (not operator.enabled or not operator.roles & eligible_roles or operator.name == excluded
                 or payload.get("proposal") != row.id or payload.get("hash") != row.hash):
             continue
         if payload.get("decision") == "approve":
