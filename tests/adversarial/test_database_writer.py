@@ -330,7 +330,7 @@ def test_an_older_proposal_cannot_undo_a_later_change(h: Harness, hsm_signs: Cou
 
 
 def test_a_proposal_expires_after_a_week(h: Harness) -> None:
-    from appliance.services.policy import PROPOSAL_TTL_SECONDS
+    from appliance.domain.policy import DEFAULT_PROPOSAL_TTL_SECONDS as PROPOSAL_TTL_SECONDS
     from tests.integration.test_policy_changes import propose, tables, vote
 
     policy, _ = tables(h)
@@ -371,3 +371,18 @@ def test_an_activated_bundle_whose_proposal_was_replaced_is_refused(h: Harness, 
     response = h.client.get("/v1/policy")
     assert response.status_code == 503 and response.get_json()["type"].endswith("policy-history-invalid")
     assert hsm_signs["mint"] == 0
+
+
+def test_whether_the_proposers_vote_counts_is_a_governance_setting(h: Harness) -> None:
+    from tests.integration.test_policy_changes import enact, propose, tables, vote
+
+    policy, _ = tables(h)
+    policy["governance"] = {**policy["governance"], "approvals": 1, "proposer_counts": False,
+                            "proposal_ttl_seconds": 3600}
+    enact(h, policy)
+    proposal = propose(h, {**policy, "name": "second"}, None, by="erin").get_json()
+    assert proposal["expires_at"] == int(h.clock()) + 3600
+    assert vote(h, proposal, "erin").get_json()["status"] == "proposed"  # erin proposed: her vote does not count
+    assert vote(h, proposal, "frank").get_json()["status"] == "active"
+    refused = propose(h, {**policy, "governance": {**policy["governance"], "approvals": 2}}, None)
+    assert refused.status_code == 400 and "besides the proposer" in json.dumps(refused.get_json())
