@@ -431,12 +431,7 @@ class MintService:
         if not result.met:
             return result, []
         facts = self.audit.facts(conn)
-        recorded = self.policies.by_hash(conn, row.policy_hash)
-        contract = self.app.settings.chain(row.chain_id)
-        reasons = mint_rules.signing_refusals(
-            self._signed_terms(conn, row), self._stored_terms(row), recorded=recorded.policy,
-            active=active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
-            authorized=facts.authorized, request_id=row.id, now=now)
+        reasons = self._rule_refusals(conn, row, active, now, facts.authorized)
         if row.id in facts.closed:
             reasons.append(f"the audit log records {facts.closed[row.id]} for this request")
         reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now, facts)
@@ -633,12 +628,17 @@ class MintService:
         """Why the appliance would refuse to sign the request as stored, whatever the approvals (shown to
         approvers before they sign): a row that is not what its requester signed, or rules no longer met.
         The velocity limit and the reserve guard are judged at signing time and left out here."""
+        return self._rule_refusals(conn, row, active, now, authorized=[])
+
+    def _rule_refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int,
+                       authorized: list[mint_rules.Authorized]) -> list[str]:
+        """mint_rules.signing_refusals for the stored row, under its recorded and the active policy."""
         recorded = self.policies.by_hash(conn, row.policy_hash)
         contract = self.app.settings.chain(row.chain_id)
         return mint_rules.signing_refusals(
             self._signed_terms(conn, row), self._stored_terms(row), recorded=recorded.policy,
             active=active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
-            authorized=[], request_id=row.id, now=now)
+            authorized=authorized, request_id=row.id, now=now)
 
     def list(self, status: str | None, limit: int, offset: int) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
