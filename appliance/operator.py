@@ -42,9 +42,7 @@ def sign_request(signer: SoftwareSigner, typ: str, payload: dict[str, Any], now:
 
 def check_enrolled(signer: SoftwareSigner, name: str, policy: dict[str, Any]) -> dict[str, Any]:
     """The enrolled operator `name` from the active bundle, if the key file is really theirs."""
-    operators = policy["active"]["bundle"]["operators"]
-    entries = operators["operators"] if isinstance(operators, dict) else operators
-    for op in entries:
+    for op in _enrolled(policy):
         if op["name"] == name:
             if jose.thumbprint(op["jwk"]) != signer.key_id:
                 raise ConfigError(f"the key file is not the key enrolled for {name}")
@@ -52,24 +50,36 @@ def check_enrolled(signer: SoftwareSigner, name: str, policy: dict[str, Any]) ->
     raise ConfigError(f"{name} is not an enrolled operator")
 
 
+def _enrolled(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The active bundle's operator entries, as GET /v1/policy serves them."""
+    operators = policy["active"]["bundle"]["operators"]
+    return list(operators["operators"] if isinstance(operators, dict) else operators)
+
+
+def _signed_object(token: object, jwks: list[Any], typ: str) -> dict[str, Any]:
+    """The JSON object payload of a JWS that verifies under one of `jwks` with `typ`; ValueError otherwise."""
+    try:
+        payload = json.loads(jose.verify_compact(str(token or ""), jwks, algs=jose.ALGS, typ=typ).payload)
+    except ApplianceError as exc:
+        raise ValueError(str(exc)) from exc
+    if not isinstance(payload, dict):
+        raise ValueError("the payload is not a JSON object")
+    return payload
+
+
 def check_requester_signed(policy: dict[str, Any], req: dict[str, Any]) -> None:
     """On the approver's own machine: the request's JWS verifies under the requester's key in the active bundle
     and names the recipient, amount and chain shown (VerificationFailed otherwise). Whoever rewrote the stored
     request cannot make the requester's signature name their figures."""
-    operators = policy["active"]["bundle"]["operators"]
-    entries = operators["operators"] if isinstance(operators, dict) else operators
-    requester = next((op for op in entries if op["name"] == req.get("requester")), None)
+    requester = next((op for op in _enrolled(policy) if op["name"] == req.get("requester")), None)
     if requester is None:
         raise VerificationFailed(f"the requester {req.get('requester')!r} is not an enrolled operator")
     try:
-        parsed = jose.verify_compact(str(req.get("request_jws", "")), [requester["jwk"]],
-                                     algs=jose.ALGS, typ=TYP_MINT_REQUEST)
-        payload = json.loads(parsed.payload)
-    except (ApplianceError, ValueError) as exc:
+        payload = _signed_object(req.get("request_jws"), [requester["jwk"]], TYP_MINT_REQUEST)
+    except ValueError as exc:
         raise VerificationFailed(f"the request is not signed by its requester {requester['name']}: refusing to "
                                  "sign") from exc
-    signed = (str(payload.get("to", "")).lower(), str(payload.get("amount")),
-              payload.get("chain_id")) if isinstance(payload, dict) else None
+    signed = (str(payload.get("to", "")).lower(), str(payload.get("amount")), payload.get("chain_id"))
     if signed != (str(req["to"]).lower(), str(req["amount"]), req["chain_id"]):
         raise VerificationFailed(f"the request shown is not what {requester['name']} signed (recipient, amount "
                                  "or chain differ): refusing to sign")
@@ -80,15 +90,11 @@ def check_proposal(policy: dict[str, Any], proposal: dict[str, Any]) -> dict[str
     under an enabled security admin's key in the active bundle, on the active bundle as its base) and checked to
     be the bundle and hash the service lists. Returns that bundle's JSON; VerificationFailed otherwise."""
     active = policy["active"]
-    admins = [op["jwk"] for op in active["bundle"]["operators"]["operators"]
+    admins = [op["jwk"] for op in _enrolled(policy)
               if op.get("enabled", True) and POLICY_PROPOSER_ROLE in op.get("roles", [])]
     try:
-        parsed = jose.verify_compact(str(proposal.get("proposal_jws") or ""), admins, algs=jose.ALGS,
-                                     typ=TYP_POLICY_PROPOSAL)
-        payload = json.loads(parsed.payload)
-        if not isinstance(payload, dict):
-            raise ValueError("payload")
-    except (ApplianceError, ValueError) as exc:
+        payload = _signed_object(proposal.get("proposal_jws"), admins, TYP_POLICY_PROPOSAL)
+    except ValueError as exc:
         raise VerificationFailed("the proposal is not signed by an enabled security admin of the active bundle: "
                                  "refusing to vote") from exc
     if payload.get("base") != active["hash"]:
