@@ -136,3 +136,14 @@ def failing_write(db: Any, operation: str) -> Iterator[None]:
         yield
     finally:
         del db.write
+
+
+def digest_of(settings: Any, chain_id: int, contract: str, to: str, amount: str, nonce: str, valid_after: int,
+              valid_before: int) -> str:
+    """The EIP-712 digest of these stored field values, as an attacker who edits rows would recompute it."""
+    from appliance.domain import eip712
+
+    domain = eip712.Eip712Domain(settings.eip712_name, settings.eip712_version, int(chain_id), contract)
+    message = eip712.MintAuthorization(to=to, amount=int(amount), nonce=bytes.fromhex(nonce[2:]),
+                                       valid_after=int(valid_after), valid_before=int(valid_before))
+    return "0x" + eip712.mint_digest(domain, message).hex()

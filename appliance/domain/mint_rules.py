@@ -10,10 +10,13 @@ is judged at a time read from a database row: the validity window is bound to th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from appliance.domain.policy import Policy
+from appliance.domain import amounts
+from appliance.domain.attestation import parse_utc
+from appliance.domain.policy import Policy, ReserveFacts, reserve_guard_reasons
 
 IAT_SKEW_SECONDS = 300  # how far the appliance's clock at creation may differ from the requester's signed iat
 
@@ -93,6 +96,29 @@ def signing_refusals(signed: SignedTerms | None, stored: StoredTerms, *, recorde
         if used + stored.amount > m.velocity_limit:
             reasons.append(f"velocity limit: {used} authorized in the window + {stored.amount} > {m.velocity_limit}")
     return list(dict.fromkeys(reasons))
+
+
+def reserve_refusals(policy: Policy, attestation: Mapping[str, Any] | None, authorized: Sequence[Authorized], *,
+                     amount: int, token_decimals: int, now: int) -> list[str]:
+    """The reserve guard for a mint of `amount` (token base units) at `now`, judged from the payload of the
+    latest attestation as the HSM signed it (None: there is none that verifies) and the amounts authorized after
+    its as_of. Every figure is scaled exactly to the largest of the three decimals before it is compared."""
+    if not policy.reserve_guard.enabled:
+        return []
+    if attestation is None:
+        return reserve_guard_reasons(policy, None, authorized_since=0, amount=amount, now=now)
+    reserves, supply = attestation["reserves"], attestation["supply"]
+    common = max(int(reserves["decimals"]), int(supply["decimals"]), token_decimals)
+    as_of = parse_utc(attestation["as_of"])
+    if as_of is None:  # a verified payload always has one; fail closed all the same
+        return reserve_guard_reasons(policy, None, authorized_since=0, amount=amount, now=now)
+    since = int(as_of.timestamp())
+    facts = ReserveFacts(as_of=since, status=str(attestation["status"]),
+                         reserves=amounts.scale(int(reserves["total"]), int(reserves["decimals"]), common),
+                         supply=amounts.scale(int(supply["total"]), int(supply["decimals"]), common))
+    after = sum(a.amount for a in authorized if a.at > since)
+    return reserve_guard_reasons(policy, facts, authorized_since=amounts.scale(after, token_decimals, common),
+                                 amount=amounts.scale(amount, token_decimals, common), now=now)
 
 
 def _distinct(recorded: Policy, active: Policy) -> list[Policy]:

@@ -1,40 +1,34 @@
 """Mint requests, approvals and authorizations: the HSM signs only after a quorum of distinct officers.
 
-Order of a signature, each step fail-closed:
-1. One write transaction (holding the audit head lock, which serializes every reservation across instances):
-   re-evaluate the quorum under the request's recorded policy AND the current policy and operator set,
-   re-check velocity and the reserve guard, insert the nonce reservation (unique), append the audit entry.
-   Committed durably, or nothing is signed (503).
-2. The HSM signs the EIP-712 digest recomputed from the stored fields; the signature is normalised to low-s
-   and recovered to the mint key's address before it is kept.
-3. A second transaction stores the signature and appends the "signed" audit entry.
-Asking again returns the stored signature without an HSM call. If step 3 cannot be written, the reservation
-stays without a signature and the next request for the authorization signs the same digest again (the
-on-chain nonce makes a second signature over the same authorization harmless).
+Every path that can reach the HSM reads as load, decide, persist, sign:
+1. **Load and decide**, inside one write transaction that first takes the audit head's lock (which serializes
+   every reservation across threads and instances): the request, its approvals (each stored JWS verified again),
+   the verified policy history, the audit log's facts and the signed attestation become a `mint_decision.Case`,
+   and `mint_decision.decide` says what may happen (Sign, Pending, Refuse, Closed, InFlight, Stored).
+2. **Persist**, in the same transaction: the officer's approval and its audit entry and, when the decision is
+   Sign, the nonce reservation (unique) and its audit entry. Committed durably, or nothing is signed (503).
+3. **Sign**: a checkpoint covers the reservation (the token's head moves first), the HSM signs the EIP-712 digest
+   recomputed from the stored fields, normalised to low-s and recovered to the mint key's address.
+4. A second and last transaction stores the signature and appends the "signed" audit entry.
+Asking again returns the stored signature without an HSM call. A reservation whose signature was never stored is
+taken over, after RECOVERY_AFTER_SECONDS, by exactly one caller, who decides again at now (`_claim`).
 """
 
 from __future__ import annotations
 
-import functools
 import secrets
 import uuid
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, not_, or_, select, update
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
 from appliance.domain import amounts, eip712, mint_rules, quorum
-from appliance.domain.attestation import parse_utc
-from appliance.domain.attestation import prev_digest as att_prev_digest
-from appliance.domain.policy import (
-    MINT_REQUESTER_ROLES,
-    PolicyBundle,
-    ReserveFacts,
-    check_new_request,
-    reserve_guard_reasons,
-)
+from appliance.domain import mint_decision as md
+from appliance.domain.attestation import prev_digest
+from appliance.domain.policy import MINT_REQUESTER_ROLES, PolicyBundle, check_new_request
 from appliance.errors import (
     ApplianceError,
     Conflict,
@@ -48,9 +42,9 @@ from appliance.errors import (
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
-from appliance.services.policy import ActiveBundle, PolicyService
-from appliance.store import audit_repo
-from appliance.store.tables import attestations, mint_approvals, mint_authorizations, mint_requests
+from appliance.services.policy import Policies, PolicyService
+from appliance.store import attestation_repo, audit_repo, mint_repo
+from appliance.store.mint_repo import MintRequest, Reservation, StoredApproval
 from appliance.verify import verify_attestation
 
 REQUESTER_ROLES = MINT_REQUESTER_ROLES
@@ -58,186 +52,75 @@ CANCEL_ROLES = frozenset({"treasury", "cfo", "security-admin"})
 STATUSES = ("pending", "authorized", "rejected", "cancelled", "expired")
 MAX_LIST = 200
 RECOVERY_AFTER_SECONDS = 30  # longer than any HSM call may take (a signature is milliseconds)
+NONCE_CONSUMED = md.NONCE_CONSUMED
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A request with what was loaded to decide on it (kept to answer the caller without reading it again)."""
+
+    request: MintRequest
+    approvals: list[StoredApproval]
+    quorum: md.Quorum | None
+    decision: md.Decision
+    warnings: list[str]
 
 
 class MintService:
-    def __init__(self, app: Appliance) -> None:
+    def __init__(self, app: Appliance, audit: AuditLog | None = None, policies: PolicyService | None = None) -> None:
         self.app = app
-        self.audit = AuditLog(app)
-        self.policies = PolicyService(app)
-
-    # -- helpers --------------------------------------------------------------------------------------------
-
-    def _domain(self, chain_id: int, contract: str) -> eip712.Eip712Domain:
-        s = self.app.settings
-        return eip712.Eip712Domain(s.eip712_name, s.eip712_version, chain_id, contract)
-
-    def _message(self, row: Any) -> eip712.MintAuthorization:
-        return _mint_message(row.to_address, row.amount, row.nonce, row.valid_after, row.valid_before)
-
-    def _digest(self, row: Any) -> str:
-        """The EIP-712 digest recomputed from the stored canonical fields (never a stored or sent digest)."""
-        s = self.app.settings
-        return _digest_of(s.eip712_name, s.eip712_version, row.chain_id, row.verifying_contract, row.to_address,
-                          row.amount, row.nonce, row.valid_after, row.valid_before)
-
-    def _typed_data(self, row: Any) -> dict[str, Any]:
-        return eip712.typed_data(self._domain(row.chain_id, row.verifying_contract), self._message(row))
-
-    @staticmethod
-    def _facts(row: Any) -> quorum.RequestFacts:
-        return quorum.RequestFacts(id=row.id, requester=row.requester, amount=int(row.amount), digest=row.digest,
-                                   created_at=row.valid_after, expires_at=row.expires_at,
-                                   policy_hash=row.policy_hash)
-
-    @staticmethod
-    def _approvals(conn: Connection, request_id: str, bundle: PolicyBundle) -> list[quorum.Approval]:
-        """The request's approvals as their JWS say, each signature verified again against `bundle`'s keys.
-
-        The columns are only an index: who approved what is read from the verified JWS, so a row inserted or
-        edited by someone holding the database (but no officer's key) never counts.
-        """
-        rows = conn.execute(select(mint_approvals).where(mint_approvals.c.request_id == request_id)
-                            .order_by(mint_approvals.c.created_at, mint_approvals.c.operator))
-        out = []
-        for r in rows:
-            verified = auth.verify_stored(r.jws, bundle, auth.TYP_MINT_APPROVAL)
-            iat = verified[1].get("iat") if verified else None
-            if verified is None or isinstance(iat, bool) or not isinstance(iat, int):
-                out.append(quorum.Approval(operator=r.operator, decision=r.decision, request_id=r.request_id,
-                                           digest=r.digest, policy_hash=r.policy_hash, iat=r.iat, authentic=False))
-                continue
-            operator, payload = verified
-            out.append(quorum.Approval(operator=operator.name, decision=payload.get("decision", ""),
-                                       request_id=payload.get("request_id", ""), digest=payload.get("digest", ""),
-                                       policy_hash=payload.get("policy", ""), iat=iat))
-        return out
-
-    def _signed_terms(self, conn: Connection, row: Any) -> mint_rules.SignedTerms | None:
-        """What the requester signed, from the stored JWS verified under the requester's key in the policy the
-        request names, looked up only within the verified, anchored history (None: it does not verify)."""
-        try:
-            bundle = self.policies.by_hash(conn, row.policy_hash)
-        except NotFound:
-            return None
-        verified = auth.verify_stored(row.request_jws, bundle, auth.TYP_MINT_REQUEST)
-        if verified is None:
-            return None
-        operator, payload = verified
-        try:
-            amount = amounts.parse_amount(payload.get("amount"), "amount")
-            to = eip712.parse_address(payload.get("to"), "to")
-        except ApplianceError:
-            return None
-        chain_id, iat = payload.get("chain_id"), payload.get("iat")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (chain_id, iat)):
-            return None
-        return mint_rules.SignedTerms(operator.name, int(chain_id), to, amount, int(iat))  # type: ignore[arg-type]
-
-    @staticmethod
-    def _stored_terms(row: Any) -> mint_rules.StoredTerms:
-        return mint_rules.StoredTerms(row.requester, row.chain_id, row.verifying_contract, row.to_address,
-                                      int(row.amount), row.valid_after, row.valid_before, row.expires_at)
-
-    def _evaluate(self, conn: Connection, row: Any, active: ActiveBundle, now: int) -> quorum.QuorumResult:
-        """The stricter of: the policy the request was made under, and the current policy and operators."""
-        approvals = self._approvals(conn, row.id, active.bundle)
-        facts = self._facts(row)
-        current = quorum.evaluate(facts, approvals, active.bundle.operators, active.bundle.policy, now)
-        if row.policy_hash == active.hash:
-            return current
-        recorded = self.policies.by_hash(conn, row.policy_hash)
-        under_recorded = quorum.evaluate(facts, approvals, active.bundle.operators, recorded.policy, now)
-        return current if not current.met else under_recorded  # both must hold
-
-    def _reserve_reasons(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int,
-                         facts: mint_rules.LogFacts) -> list[str]:
-        """The reserve guard, judged from the latest attestation as the HSM signed it (its JWS verified under
-        the attestation key, never the table's columns) and the authorizations the verified log records."""
-        if not bundle.policy.reserve_guard.enabled:
-            return []
-        head = self.app.token.require().attestation  # the last attestation signed, as the token records it
-        row = conn.execute(select(attestations.c.jws).where(attestations.c.seq == head.seq)).first()
-        payload = None if row is None or head.hash is None or not row.jws or att_prev_digest(
-            row.jws) != head.hash else self._signed_attestation(row.jws)
-        if payload is None:
-            return reserve_guard_reasons(bundle.policy, None, authorized_since=0, amount=amount, now=now)
-        token_dec = self.app.settings.token_decimals
-        reserves_dec, supply_dec = int(payload["reserves"]["decimals"]), int(payload["supply"]["decimals"])
-        common = max(reserves_dec, supply_dec, token_dec)
-        scale = 10 ** common
-        reserves = int(payload["reserves"]["total"]) * scale // 10 ** reserves_dec
-        supply = int(payload["supply"]["total"]) * scale // 10 ** supply_dec
-        as_of = int(parse_utc(payload["as_of"]).timestamp())  # type: ignore[union-attr] # checked by verify
-        authorized = sum(a.amount for a in facts.authorized if a.at > as_of)
-        reserve = ReserveFacts(as_of=as_of, status=str(payload["status"]), reserves=reserves, supply=supply)
-        return reserve_guard_reasons(bundle.policy, reserve, authorized_since=authorized * scale // 10 ** token_dec,
-                                     amount=amount * scale // 10 ** token_dec, now=now)
-
-    def _signed_attestation(self, token: str) -> dict[str, Any] | None:
-        """The payload of an attestation JWS that verifies under the HSM's attestation key and whose figures hold
-        (the regulator's own check, appliance.verify); None otherwise."""
-        signer = self.app.attestation_signer
-        try:
-            return verify_attestation(token, {"keys": [{**signer.public_jwk(), "kid": signer.key_id}]})
-        except ApplianceError:
-            return None
-
-    def _row(self, conn: Connection, request_id: str, lock: bool = False) -> Any:
-        query = select(mint_requests).where(mint_requests.c.id == request_id)
-        row = conn.execute(query.with_for_update() if lock else query).first()
-        if row is None:
-            raise NotFound(f"no mint request {request_id}")
-        return row
+        self.audit = audit or AuditLog(app)
+        self.policies = policies or PolicyService(app, self.audit)
 
     # -- requests -------------------------------------------------------------------------------------------
 
     def create(self, token: object) -> dict[str, Any]:
         """Validate and store a mint request signed by a treasury officer; returns the request object."""
         now = self.app.now()
-        active = self.policies.active()
+        policies = self.policies.current()
         try:
-            who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_REQUEST, roles=REQUESTER_ROLES, now=now)
-            chain_id, to, amount = self._request_fields(who.payload)
-        except ApplianceError:
-            metrics.MINT_REQUESTS.labels("refused").inc()
-            raise
-        chain = self.app.settings.chain(chain_id)
-        assert chain is not None
-        policy = active.bundle.policy
-        request_id = str(uuid.uuid4())
-        nonce = "0x" + secrets.token_bytes(32).hex()
-        valid_before = now + policy.mint.request_ttl_seconds + policy.mint.authorization_validity_seconds
-        values: dict[str, Any] = dict(
-            id=request_id, requester=who.operator.name, chain_id=chain_id,
-            verifying_contract=chain.verifying_contract, to_address=to, amount=str(amount), nonce=nonce,
-            valid_after=now, valid_before=valid_before, policy_hash=active.hash, status="pending",
-            request_jws=who.token, created_at=now, expires_at=now + policy.mint.request_ttl_seconds)
-        values["digest"] = self._digest(SimpleNamespace(**values))
-
-        def store(conn: Connection) -> None:
-            audit_repo.lock_head(conn)  # serializes against authorizations so the velocity sum is current
-            window = now - policy.mint.velocity_window_seconds
-            facts = self.audit.facts(conn)
-            check_new_request(policy, chain_id=chain_id, to=to, amount=amount,
-                              authorized_in_window=sum(a.amount for a in facts.authorized if a.at > window))
-            reasons = self._reserve_reasons(conn, active.bundle, amount, now, facts)
-            if reasons:
-                raise PolicyViolation("the reserve guard refuses this mint", [Problem("reserve_guard", r)
-                                                                              for r in reasons])
-            auth.consume_jti(conn, who, now)
-            conn.execute(insert(mint_requests).values(**values))
-            self.audit.record(conn, actor=who.operator.name, action="mint.requested", subject=request_id,
-                              details={"chain_id": chain_id, "to": to, "amount": str(amount),
-                                       "digest": values["digest"], "nonce": nonce}, policy_hash=active.hash)
-
-        try:
-            self.app.db.write(store, "mint-request")
+            who = auth.authenticate(token, policies.active.bundle, typ=auth.TYP_MINT_REQUEST,
+                                    roles=REQUESTER_ROLES, now=now)
+            request = self._new_request(who, policies, now)
+            self.app.db.write(lambda conn: self._store_request(conn, who, request, policies), "mint-request")
         except ApplianceError:
             metrics.MINT_REQUESTS.labels("refused").inc()
             raise
         metrics.MINT_REQUESTS.labels("created").inc()
-        return self.get(request_id)
+        return self.get(request.id)
+
+    def _new_request(self, who: auth.Authenticated, policies: Policies, now: int) -> MintRequest:
+        chain_id, to, amount = self._request_fields(who.payload)
+        chain = self.app.settings.chain(chain_id)
+        assert chain is not None  # _request_fields refuses a chain that is not configured
+        mint = policies.active.bundle.policy.mint
+        request = MintRequest(
+            id=str(uuid.uuid4()), requester=who.operator.name, chain_id=chain_id,
+            verifying_contract=chain.verifying_contract, to_address=to, amount=str(amount),
+            nonce="0x" + secrets.token_bytes(32).hex(), valid_after=now,
+            valid_before=now + mint.request_ttl_seconds + mint.authorization_validity_seconds, digest="",
+            policy_hash=policies.active.hash, status="pending", request_jws=who.token, created_at=now,
+            expires_at=now + mint.request_ttl_seconds)
+        return replace(request, digest=self._digest(request))
+
+    def _store_request(self, conn: Connection, who: auth.Authenticated, request: MintRequest,
+                       policies: Policies) -> None:
+        audit_repo.lock_head(conn)  # serializes against authorizations so the velocity sum is current
+        policy, amount = policies.active.bundle.policy, int(request.amount)
+        facts = self.audit.facts(conn)
+        window = request.created_at - policy.mint.velocity_window_seconds
+        check_new_request(policy, chain_id=request.chain_id, to=request.to_address, amount=amount,
+                          authorized_in_window=sum(a.amount for a in facts.authorized if a.at > window))
+        reasons = self._reserve_refusals(conn, policies.active.bundle, amount, request.created_at, facts)
+        if reasons:
+            raise PolicyViolation("the reserve guard refuses this mint", [Problem("reserve_guard", r)
+                                                                          for r in reasons])
+        auth.consume_jti(conn, who, request.created_at)
+        mint_repo.insert_request(conn, request)
+        self.audit.record(conn, actor=who.operator.name, action="mint.requested", subject=request.id,
+                          details={"chain_id": request.chain_id, "to": request.to_address, "amount": request.amount,
+                                   "digest": request.digest, "nonce": request.nonce},
+                          policy_hash=policies.active.hash)
 
     def _request_fields(self, payload: dict[str, Any]) -> tuple[int, str, int]:
         problems: list[Problem] = []
@@ -262,60 +145,101 @@ class MintService:
         assert isinstance(chain_id, int) and to is not None and amount is not None
         return chain_id, to, amount
 
-    # -- approvals ------------------------------------------------------------------------------------------
+    # -- decisions by officers ------------------------------------------------------------------------------
 
     def approve(self, request_id: str, token: object) -> dict[str, Any]:
-        """Record one officer's approval or rejection; sign the authorization once the quorum is met."""
+        """Record one officer's approval or rejection; sign the authorization once the quorum is met. The
+        approval, the decision and (quorum met) the nonce reservation commit in one transaction."""
         now = self.app.now()
 
-        def record(conn: Connection) -> tuple[bool, bool]:
-            active = self.policies.active(conn)
-            row = self._row(conn, request_id, lock=True)
-            who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_APPROVAL,
-                                    roles=REQUESTER_ROLES, now=now)
-            payload = who.payload
-            decision = payload.get("decision")
-            if decision not in ("approve", "reject"):
-                raise InvalidInput("jws.payload.decision must be approve or reject")
-            if payload.get("request_id") != request_id:
-                raise PolicyViolation("the approval names another request")
-            digest = self._digest(row)
-            if payload.get("digest") != digest:
-                raise PolicyViolation("the approval's digest is not the digest of this request",
-                                      [Problem("jws.payload.digest", f"expected {digest}")])
-            if payload.get("policy") != row.policy_hash:
-                raise PolicyViolation("the approval names another policy than the request's",
-                                      [Problem("jws.payload.policy", f"expected {row.policy_hash}")])
-            if who.operator.name == row.requester:
-                raise Forbidden("the requester cannot approve or reject their own request")
-            self._check_open(conn, row, now)
+        def decide(conn: Connection) -> Judged:
+            audit_repo.lock_head(conn)  # first, always: one lock order for every mint transaction
+            policies = self.policies.current(conn)
+            request = self._request(conn, request_id, lock=True)
+            who = self._authenticate_decision(token, request, policies, now)
+            self._check_open(conn, request, now)
             auth.consume_jti(conn, who, now)
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(mint_approvals).values(
-                        request_id=request_id, operator=who.operator.name, decision=decision, digest=digest,
-                        policy_hash=row.policy_hash, iat=who.iat, jws=who.token, created_at=now))
-            except sa_exc.IntegrityError as exc:
-                raise Conflict(f"{who.operator.name} has already decided on this request") from exc
-            self.audit.record(conn, actor=who.operator.name, action=f"mint.{auth.PAST_TENSE[decision]}",
-                              subject=request_id, details={"digest": digest}, policy_hash=active.hash)
-            result = self._evaluate(conn, row, active, now)
-            if result.vetoed:
-                self._close(conn, row, "rejected", who.operator.name, now, active.hash,
-                            {"quorum": result.to_json()})
-            return result.met, result.vetoed
+            self._record_decision(conn, request, who, policies, now)
+            judged = self._judge(conn, request, policies, now)
+            return replace(judged, decision=self._persist(conn, request, policies, judged.decision, now,
+                                                          who.operator.name))
 
         try:
-            met, vetoed = self.app.db.write(record, "mint-approval")
+            judged = self.app.db.write(decide, "mint-approval")
         except ApplianceError:
             metrics.MINT_APPROVALS.labels("refused").inc()
             raise
         metrics.MINT_APPROVALS.labels("recorded").inc()
-        if met:
-            self.authorize(request_id)
-        elif vetoed:
-            self._cover_closure()
+        authorization = self._act(request_id, judged.decision)
+        return self._view(judged, authorization, self.app.now())
+
+    def _authenticate_decision(self, token: object, request: MintRequest, policies: Policies,
+                               now: int) -> auth.Authenticated:
+        who = auth.authenticate(token, policies.active.bundle, typ=auth.TYP_MINT_APPROVAL, roles=REQUESTER_ROLES,
+                                now=now)
+        payload = who.payload
+        if payload.get("decision") not in ("approve", "reject"):
+            raise InvalidInput("jws.payload.decision must be approve or reject")
+        if payload.get("request_id") != request.id:
+            raise PolicyViolation("the approval names another request")
+        digest = self._digest(request)
+        if payload.get("digest") != digest:
+            raise PolicyViolation("the approval's digest is not the digest of this request",
+                                  [Problem("jws.payload.digest", f"expected {digest}")])
+        if payload.get("policy") != request.policy_hash:
+            raise PolicyViolation("the approval names another policy than the request's",
+                                  [Problem("jws.payload.policy", f"expected {request.policy_hash}")])
+        if who.operator.name == request.requester:
+            raise Forbidden("the requester cannot approve or reject their own request")
+        return who
+
+    def _record_decision(self, conn: Connection, request: MintRequest, who: auth.Authenticated,
+                         policies: Policies, now: int) -> None:
+        decision = str(who.payload["decision"])
+        try:
+            mint_repo.insert_approval(conn, StoredApproval(
+                request_id=request.id, operator=who.operator.name, decision=decision, digest=request.digest,
+                policy_hash=request.policy_hash, iat=who.iat, jws=who.token, created_at=now))
+        except mint_repo.AlreadyDecided as exc:
+            raise Conflict(f"{who.operator.name} has already decided on this request") from exc
+        self.audit.record(conn, actor=who.operator.name, action=f"mint.{auth.PAST_TENSE[decision]}",
+                          subject=request.id, details={"digest": request.digest}, policy_hash=policies.active.hash)
+
+    @staticmethod
+    def _check_open(conn: Connection, request: MintRequest, now: int) -> None:
+        if request.status != "pending":
+            raise Conflict(f"request {request.id} is {request.status}")
+        if now >= request.expires_at:  # expiry follows from the clock: readers derive it (get, list) too
+            raise Conflict(f"request {request.id} expired")
+
+    def cancel(self, request_id: str, token: object) -> dict[str, Any]:
+        now = self.app.now()
+
+        def do_cancel(conn: Connection) -> None:
+            audit_repo.lock_head(conn)
+            policies = self.policies.current(conn)
+            request = self._request(conn, request_id, lock=True)
+            who = auth.authenticate(token, policies.active.bundle, typ=auth.TYP_MINT_CANCEL, roles=CANCEL_ROLES,
+                                    now=now)
+            if who.payload.get("request_id") != request_id:
+                raise PolicyViolation("the cancellation names another request")
+            if who.operator.name != request.requester and "security-admin" not in who.operator.roles:
+                raise Forbidden("only the requester or a security admin can cancel a request")
+            self._check_open(conn, request, now)
+            if mint_repo.reservation(conn, request_id) is not None:
+                raise Conflict(f"request {request_id} is being authorized")
+            auth.consume_jti(conn, who, now)
+            self._close(conn, request, "cancelled", who.operator.name, now, policies.active.hash, {})
+
+        self.app.db.write(do_cancel, "mint-cancel")
+        self._cover_closure()
         return self.get(request_id)
+
+    def _close(self, conn: Connection, request: MintRequest, status: str, by: str, now: int, policy_hash: str,
+               details: dict[str, Any]) -> None:
+        mint_repo.close(conn, request.id, status, by, now)
+        self.audit.record(conn, actor=by, action=f"mint.{status}", subject=request.id,
+                          details={**details, "status": status}, policy_hash=policy_hash)
 
     def _cover_closure(self) -> None:
         """Sign a checkpoint over a veto or cancellation just recorded: once the token's head covers it, nobody
@@ -325,154 +249,206 @@ class MintService:
         except ApplianceError:
             pass  # durable already; the periodic checkpoint covers it
 
-    def _check_open(self, conn: Connection, row: Any, now: int) -> None:
-        if row.status != "pending":
-            raise Conflict(f"request {row.id} is {row.status}")
-        if now >= row.expires_at:  # expiry follows from the clock: readers derive it (get, list) too
-            raise Conflict(f"request {row.id} expired")
+    # -- the decision ---------------------------------------------------------------------------------------
 
-    def _close(self, conn: Connection, row: Any, status: str, by: str, now: int, policy_hash: str,
-               details: dict[str, Any]) -> None:
-        conn.execute(update(mint_requests).where(mint_requests.c.id == row.id, mint_requests.c.status == "pending")
-                     .values(status=status, closed_by=by, closed_at=now))
-        self.audit.record(conn, actor=by, action=f"mint.{status}", subject=row.id,
-                          details={**details, "status": status}, policy_hash=policy_hash)
+    def _judge(self, conn: Connection, request: MintRequest, policies: Policies, now: int,
+               quorum_at: int | None = None) -> Judged:
+        """Load what the decision needs about `request` at `now` and decide (mint_decision.decide).
 
-    def cancel(self, request_id: str, token: object) -> dict[str, Any]:
-        now = self.app.now()
+        `quorum_at` (a takeover only) is when the reservation was made as the checkpointed audit log records
+        it: the approvals' TTL is judged then; everything else at now."""
+        reservation = mint_repo.reservation(conn, request.id)
+        state = None if reservation is None else md.ReservationState(reservation.signature is not None,
+                                                                     reservation.last_taken)
+        approvals = mint_repo.approvals(conn, request.id)
+        judged_quorum = self._quorum(request, approvals, policies, now if quorum_at is None else quorum_at)
+        quorum_ = judged_quorum if md.needs_quorum(request.status, request.expires_at, now, state) else None
+        refusals = holder = None
+        if quorum_ is not None and quorum_.met:
+            refusals = self._refusals(conn, request, policies, now)
+            holder = mint_repo.nonce_holder(conn, request.nonce, request.id)
+        decision = md.decide(md.Case(request.status, request.expires_at, now, state, quorum_, refusals, holder))
+        warnings = self._rule_refusals(request, policies, now, []) if isinstance(decision, md.Pending) else []
+        return Judged(request, approvals, judged_quorum, decision, warnings)
 
-        def do_cancel(conn: Connection) -> None:
-            active = self.policies.active(conn)
-            row = self._row(conn, request_id, lock=True)
-            who = auth.authenticate(token, active.bundle, typ=auth.TYP_MINT_CANCEL, roles=CANCEL_ROLES, now=now)
-            if who.payload.get("request_id") != request_id:
-                raise PolicyViolation("the cancellation names another request")
-            if who.operator.name != row.requester and "security-admin" not in who.operator.roles:
-                raise Forbidden("only the requester or a security admin can cancel a request")
-            self._check_open(conn, row, now)
-            if conn.execute(select(mint_authorizations.c.request_id)
-                            .where(mint_authorizations.c.request_id == request_id)).first() is not None:
-                raise Conflict(f"request {request_id} is being authorized")
-            auth.consume_jti(conn, who, now)
-            self._close(conn, row, "cancelled", who.operator.name, now, active.hash, {})
+    def _quorum(self, request: MintRequest, stored: list[StoredApproval], policies: Policies,
+                at: int) -> md.Quorum:
+        """The quorum under the policy in force and (when it differs) the one the request was made under."""
+        active = policies.active
+        approvals = [self._approval(a, active.bundle) for a in stored]
+        facts = quorum.RequestFacts(id=request.id, requester=request.requester, amount=int(request.amount),
+                                    digest=request.digest, created_at=request.valid_after,
+                                    expires_at=request.expires_at, policy_hash=request.policy_hash)
+        current = quorum.evaluate(facts, approvals, active.bundle.operators, active.bundle.policy, at)
+        if request.policy_hash == active.hash:
+            return md.Quorum(current)
+        recorded = policies.by_hash(request.policy_hash).policy
+        return md.Quorum(current, quorum.evaluate(facts, approvals, active.bundle.operators, recorded, at))
 
-        self.app.db.write(do_cancel, "mint-cancel")
-        self._cover_closure()
-        return self.get(request_id)
+    @staticmethod
+    def _approval(stored: StoredApproval, bundle: PolicyBundle) -> quorum.Approval:
+        """An approval as its JWS says, its signature verified again against `bundle`'s keys. The columns are
+        only an index: a row inserted or edited by someone holding the database never counts."""
+        verified = auth.verify_stored(stored.jws, bundle, auth.TYP_MINT_APPROVAL)
+        iat = verified[1].get("iat") if verified else None
+        if verified is None or isinstance(iat, bool) or not isinstance(iat, int):
+            return quorum.Approval(operator=stored.operator, decision=stored.decision, request_id=stored.request_id,
+                                   digest=stored.digest, policy_hash=stored.policy_hash, iat=stored.iat,
+                                   authentic=False)
+        operator, payload = verified
+        return quorum.Approval(operator=operator.name, decision=payload.get("decision", ""),
+                               request_id=payload.get("request_id", ""), digest=payload.get("digest", ""),
+                               policy_hash=payload.get("policy", ""), iat=iat)
 
-    # -- authorization --------------------------------------------------------------------------------------
+    def _refusals(self, conn: Connection, request: MintRequest, policies: Policies, now: int) -> list[str]:
+        """Every reason not to sign now, under the recorded and the active policy: the rules (signed terms,
+        contract, validity, allowlist, maximum, velocity), the closures the verified audit log records, the
+        reserve guard from the signed attestation, and the digest recomputed from the stored fields."""
+        facts = self.audit.facts(conn)
+        reasons = self._rule_refusals(request, policies, now, facts.authorized)
+        if request.id in facts.closed:
+            reasons.append(f"the audit log records {facts.closed[request.id]} for this request")
+        reasons += self._reserve_refusals(conn, policies.active.bundle, int(request.amount), now, facts)
+        if self._digest(request) != request.digest:
+            reasons.append("the stored digest does not match the stored fields")
+        return reasons
+
+    def _rule_refusals(self, request: MintRequest, policies: Policies, now: int,
+                       authorized: list[mint_rules.Authorized]) -> list[str]:
+        """mint_rules.signing_refusals for the stored request, under its recorded and the active policy."""
+        recorded = policies.by_hash(request.policy_hash)
+        contract = self.app.settings.chain(request.chain_id)
+        stored = mint_rules.StoredTerms(request.requester, request.chain_id, request.verifying_contract,
+                                        request.to_address, int(request.amount), request.valid_after,
+                                        request.valid_before, request.expires_at)
+        return mint_rules.signing_refusals(
+            self._signed_terms(request, recorded), stored, recorded=recorded.policy,
+            active=policies.active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
+            authorized=authorized, request_id=request.id, now=now)
+
+    @staticmethod
+    def _signed_terms(request: MintRequest, recorded: PolicyBundle) -> mint_rules.SignedTerms | None:
+        """What the requester signed, from the stored JWS verified under the requester's key in the policy the
+        request names (None: it does not verify, or does not say what a request says)."""
+        verified = auth.verify_stored(request.request_jws, recorded, auth.TYP_MINT_REQUEST)
+        if verified is None:
+            return None
+        operator, payload = verified
+        try:
+            amount = amounts.parse_amount(payload.get("amount"), "amount")
+            to = eip712.parse_address(payload.get("to"), "to")
+        except ApplianceError:
+            return None
+        chain_id, iat = payload.get("chain_id"), payload.get("iat")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (chain_id, iat)):
+            return None
+        return mint_rules.SignedTerms(operator.name, int(chain_id), to, amount, int(iat))  # type: ignore[arg-type]
+
+    def _reserve_refusals(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int,
+                          facts: mint_rules.LogFacts) -> list[str]:
+        """The reserve guard, from the attestation the token's head names, as the HSM signed it (its JWS
+        verified under the attestation key: the table's columns are never read)."""
+        if not bundle.policy.reserve_guard.enabled:
+            return []
+        head = self.app.token.require().attestation
+        stored = attestation_repo.signed_at(conn, head.seq) if head.hash is not None else None
+        payload = None
+        if stored is not None and prev_digest(stored.jws) == head.hash:
+            signer = self.app.attestation_signer
+            try:
+                payload = verify_attestation(stored.jws, {"keys": [{**signer.public_jwk(), "kid": signer.key_id}]})
+            except ApplianceError:
+                payload = None
+        return mint_rules.reserve_refusals(bundle.policy, payload, facts.authorized, amount=amount,
+                                           token_decimals=self.app.settings.token_decimals, now=now)
+
+    def _persist(self, conn: Connection, request: MintRequest, policies: Policies, decision: md.Decision,
+                 now: int, actor: str) -> md.Decision:
+        """Write what the decision calls for in the caller's transaction; returns the decision as written (a
+        reservation that another caller made first turns Sign into InFlight)."""
+        if isinstance(decision, md.Closed) and decision.veto:
+            assert decision.quorum is not None
+            self._close(conn, request, "rejected", actor, now, policies.active.hash,
+                        {"quorum": decision.quorum.to_json()})
+        elif isinstance(decision, md.Refuse):
+            self.audit.record(conn, actor="appliance", action="mint.authorization.refused", subject=request.id,
+                              details={"reasons": list(decision.reasons)}, policy_hash=policies.active.hash)
+        elif isinstance(decision, md.Sign):
+            return self._reserve(conn, request, policies, decision, now)
+        return decision
+
+    def _reserve(self, conn: Connection, request: MintRequest, policies: Policies, decision: md.Sign,
+                 now: int) -> md.Decision:
+        signer = self.app.mint_signer.address
+        try:
+            with conn.begin_nested():
+                mint_repo.reserve(conn, request, request.digest, signer, now)
+        except sa_exc.IntegrityError:
+            return md.InFlight(now)  # another caller reserved it first (the unique constraints): theirs to sign
+        self.audit.record(conn, actor="appliance", action="mint.authorization.reserved", subject=request.id,
+                          details={"digest": request.digest, "nonce": request.nonce, "amount": request.amount,
+                                   "reserved_at": now, "quorum": decision.quorum.to_json(), "signer": signer},
+                          policy_hash=policies.active.hash)
+        return decision
+
+    def _act(self, request_id: str, decision: md.Decision) -> dict[str, Any] | None:
+        """After the decision committed: sign (Sign), answer a stored one (Stored), refuse (Refuse: 409 when the
+        nonce is taken, 422 otherwise), cover a veto with a checkpoint; None when there is nothing to return."""
+        if isinstance(decision, md.Sign):
+            return self._sign(request_id)
+        if isinstance(decision, md.Stored):
+            metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
+            return self._stored_authorization(request_id)
+        if isinstance(decision, md.Refuse):
+            metrics.MINT_AUTHORIZATIONS.labels("refused").inc()
+            problems = [Problem("policy", r) for r in decision.reasons]
+            if decision.conflict:
+                raise Conflict(f"the authorization is refused: {decision.reasons[-1]}", problems)
+            raise PolicyViolation("the authorization is refused", problems)
+        if isinstance(decision, md.Closed) and decision.veto:
+            self._cover_closure()
+        return None
+
+    # -- signing --------------------------------------------------------------------------------------------
 
     def authorize(self, request_id: str) -> dict[str, Any] | None:
-        """Sign the authorization if the quorum holds now; returns it, or None when not (yet) allowed."""
+        """Decide again and, if the quorum holds now, reserve and sign; returns the authorization, or None when
+        it is not (yet) allowed or another caller holds the reservation."""
         now = self.app.now()
-        signer = self.app.mint_signer
 
-        def reserve(conn: Connection) -> tuple[str, Any]:
+        def decide(conn: Connection) -> md.Decision:
             audit_repo.lock_head(conn)
-            existing = conn.execute(select(mint_authorizations)
-                                    .where(mint_authorizations.c.request_id == request_id)).first()
-            if existing is not None:
-                return ("stored" if existing.signature else "unsigned"), existing
-            active = self.policies.active(conn)
-            row = self._row(conn, request_id)
-            if row.status != "pending" or now >= row.expires_at:
-                return "closed", None
-            result, reasons = self._refusals(conn, row, active, now)
-            if not result.met:
-                return "not-met", None
-            digest = self._digest(row)
-            if reasons:
-                self.audit.record(conn, actor="appliance", action="mint.authorization.refused", subject=row.id,
-                                  details={"reasons": reasons}, policy_hash=active.hash)
-                return "refused", reasons
-            conn.execute(insert(mint_authorizations).values(
-                request_id=row.id, nonce=row.nonce, digest=digest, chain_id=row.chain_id, amount=row.amount,
-                signer=signer.address, reserved_at=now))
-            self.audit.record(conn, actor="appliance", action="mint.authorization.reserved", subject=row.id,
-                              details={"digest": digest, "nonce": row.nonce, "amount": str(row.amount),
-                                       "reserved_at": now, "quorum": result.to_json(),
-                                       "signer": signer.address}, policy_hash=active.hash)
-            return "reserved", None
+            policies = self.policies.current(conn)
+            request = self._request(conn, request_id)
+            return self._persist(conn, request, policies, self._judge(conn, request, policies, now).decision, now,
+                                 "appliance")
 
         try:
-            outcome, data = self.app.db.write(reserve, "mint-reserve")
-        except sa_exc.IntegrityError:
-            return self._stored_authorization(request_id)  # another thread or instance reserved it first
+            decision = self.app.db.write(decide, "mint-reserve")
         except InfrastructureError:
             metrics.MINT_AUTHORIZATIONS.labels("failed-closed").inc()
             raise
-        if outcome == "stored":
-            metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
-            return self._stored_authorization(request_id)
-        if outcome in ("closed", "not-met", "unsigned"):
-            return None  # "unsigned": another thread or instance holds the reservation and is signing it
-        if outcome == "refused":
-            metrics.MINT_AUTHORIZATIONS.labels("refused").inc()
-            raise _refusal(data)
-        return self._sign(request_id)
-
-    def _refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int, quorum_at: int | None = None
-                  ) -> tuple[quorum.QuorumResult, list[str]]:
-        """(quorum result, reasons to refuse signing now); the reasons are only looked for once quorum is met.
-
-        The one check every path to the HSM goes through (first signature, retry, takeover of a stale
-        reservation), always at `now`: the quorum under the recorded and the active policy, every rule of both
-        (mint_rules.signing_refusals), closures and reservations as the verified audit log has them, the reserve
-        guard from the signed attestation, and the nonce. `quorum_at` (a takeover only) is when the request's
-        reservation was made as the checkpointed audit log records it: the approvals' TTL is judged then."""
-        result = self._evaluate(conn, row, active, now if quorum_at is None else quorum_at)
-        if not result.met:
-            return result, []
-        facts = self.audit.facts(conn)
-        reasons = self._rule_refusals(conn, row, active, now, facts.authorized)
-        if row.id in facts.closed:
-            reasons.append(f"the audit log records {facts.closed[row.id]} for this request")
-        reasons += self._reserve_reasons(conn, active.bundle, int(row.amount), now, facts)
-        if self._digest(row) != row.digest:
-            reasons.append("the stored digest does not match the stored fields")
-        other = conn.execute(select(mint_authorizations.c.request_id).where(
-            mint_authorizations.c.nonce == row.nonce, mint_authorizations.c.request_id != row.id)).first()
-        if other is not None:  # a nonce is signed at most once: another payload under it is refused for good
-            reasons.append(f"{NONCE_CONSUMED}: request {other.request_id} holds its authorization")
-        return result, reasons
+        return self._act(request_id, decision)
 
     def _sign(self, request_id: str) -> dict[str, Any]:
         """Sign a reserved authorization and store the signature; returns the authorization object."""
         with self.app.db.read() as conn:
-            row = self._row(conn, request_id)
-            reservation = conn.execute(select(mint_authorizations)
-                                       .where(mint_authorizations.c.request_id == request_id)).one()
-        digest = self._digest(row)
-        if digest != reservation.digest:
+            request = self._request(conn, request_id)
+            reservation = mint_repo.reservation(conn, request_id)
+        digest = self._digest(request)
+        if reservation is None or digest != reservation.digest:
             raise PolicyViolation("the reserved digest does not match the request")
         # The reservation's audit entry is covered by a checkpoint (the token's head moves to it) before the HSM
         # signs: fail closed, and a log rolled back or rewritten behind the token stops minting (503).
         self.audit.checkpoint()
         try:
-            signature = self.app.mint_signer.sign_eth_digest(bytes.fromhex(digest[2:]))
+            signature = "0x" + self.app.mint_signer.sign_eth_digest(bytes.fromhex(digest[2:])).hex()
         except ApplianceError:
             metrics.SIGNATURES.labels("mint", "error").inc()
             metrics.MINT_AUTHORIZATIONS.labels("hsm-error").inc()
             raise
         metrics.SIGNATURES.labels("mint", "ok").inc()
-        now = self.app.now()
-
-        def store(conn: Connection) -> bool:
-            stored_now = conn.execute(update(mint_authorizations)
-                                      .where(mint_authorizations.c.request_id == request_id,
-                                             mint_authorizations.c.digest == digest,
-                                             mint_authorizations.c.signature.is_(None))
-                                      .values(signature="0x" + signature.hex(), signed_at=now)).rowcount == 1
-            if not stored_now:  # a recovering caller stored its signature first: that one is the authorization
-                return False
-            conn.execute(update(mint_requests).where(mint_requests.c.id == request_id)
-                         .values(status="authorized", closed_by="appliance", closed_at=now))
-            self.audit.record(conn, actor="appliance", action="mint.authorization.signed", subject=request_id,
-                              details={"digest": digest, "signature": "0x" + signature.hex()},
-                              policy_hash=row.policy_hash)
-            return True
-
-        if self.app.db.write(store, "mint-store"):
+        if self.app.db.write(lambda conn: self._store_signature(conn, request, digest, signature), "mint-store"):
             metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
         try:
             self.audit.checkpoint()
@@ -483,206 +459,169 @@ class MintService:
             raise Conflict(f"the authorization of request {request_id} was withdrawn while it was being signed")
         return stored
 
-    def _stored_authorization(self, request_id: str) -> dict[str, Any] | None:
-        with self.app.db.read() as conn:
-            row = self._row(conn, request_id)
-            auth_row = conn.execute(select(mint_authorizations)
-                                    .where(mint_authorizations.c.request_id == request_id)).first()
-        if auth_row is None or auth_row.signature is None:
-            return None
-        return {"typedData": self._typed_data(row), "digest": auth_row.digest, "signature": auth_row.signature,
-                "signer": auth_row.signer}
+    def _store_signature(self, conn: Connection, request: MintRequest, digest: str, signature: str) -> bool:
+        now = self.app.now()
+        if not mint_repo.store_signature(conn, request.id, digest, signature, now):
+            return False  # a recovering caller stored its signature first: that one is the authorization
+        mint_repo.close(conn, request.id, "authorized", "appliance", now)
+        self.audit.record(conn, actor="appliance", action="mint.authorization.signed", subject=request.id,
+                          details={"digest": digest, "signature": signature}, policy_hash=request.policy_hash)
+        return True
 
     def authorization(self, request_id: str) -> dict[str, Any]:
         """The stored authorization; completes a reservation left unsigned by an earlier failure, or a pending
-        request whose quorum is met but whose signing was refused or failed earlier (everything re-evaluated).
+        request whose quorum is met but whose signing was refused or failed earlier (everything decided again).
 
-        A reservation younger than RECOVERY_AFTER_SECONDS may still be in the hands of the thread that made
-        it, so it is left alone (409): only a stale one is signed here.
-        """
-        stored = self._stored_authorization(request_id)
-        if stored is not None:
-            metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
-            return stored
+        The first decision is read-only, so polling writes nothing; only a request that would be signed reaches
+        a write. A reservation younger than RECOVERY_AFTER_SECONDS may still be in the hands of the caller that
+        made it, so it is left alone (409): only a stale one is taken over here."""
+        now = self.app.now()
         with self.app.db.read() as conn:
-            reserved = conn.execute(select(mint_authorizations.c.reserved_at, mint_authorizations.c.claimed_at)
-                                    .where(mint_authorizations.c.request_id == request_id)).first()
-            row = self._row(conn, request_id)
-        if reserved is not None:
-            last_taken = reserved.claimed_at if reserved.claimed_at is not None else reserved.reserved_at
-            if self.app.now() - last_taken >= RECOVERY_AFTER_SECONDS and self._claim(
-                    request_id, reserved.reserved_at, reserved.claimed_at, row.policy_hash):
+            request = self._request(conn, request_id)
+            judged = self._judge(conn, request, self.policies.current(conn), now)
+        decision = judged.decision
+        if isinstance(decision, md.InFlight):
+            if now - decision.last_taken >= RECOVERY_AFTER_SECONDS and self._claim(request_id, decision.last_taken):
                 return self._sign(request_id)
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
-        now = self.app.now()
-        if row.status == "pending" and now < row.expires_at:
-            # Quorum may have been met while signing was refused (velocity, reserve guard) or failed (store
-            # down): asking again re-evaluates everything and signs if it all holds now. The evaluation is
-            # read-only; only a request that would be signed reaches a write (so polling writes nothing).
-            with self.app.db.read() as conn:
-                result, reasons = self._refusals(conn, row, self.policies.active(conn), now)
-            if not result.met:
-                raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
-            if reasons:
-                raise _refusal(reasons)
+        if isinstance(decision, md.Sign):
             issued = self.authorize(request_id) or self._stored_authorization(request_id)
             if issued is not None:
                 return issued
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
-        raise Conflict(f"request {request_id} is {self._status(row, self.app.now())}: no authorization has been issued")
+        issued = self._act(request_id, decision) if not isinstance(decision, md.Closed) else None
+        if issued is not None:
+            return issued
+        if isinstance(decision, md.Pending):
+            raise Conflict(f"request {request_id} is pending: its quorum is not met yet")
+        raise Conflict(f"request {request_id} is {request.status_at(now)}: no authorization has been issued")
 
-    @staticmethod
-    def _status(row: Any, now: int) -> str:
-        """The request's status as of now: a pending request past its TTL is expired (derived, not stored)."""
-        return "expired" if row.status == "pending" and now >= row.expires_at else str(row.status)
-
-    def _claim(self, request_id: str, reserved_at: int, seen_claimed_at: int | None, policy_hash: str) -> bool:
+    def _claim(self, request_id: str, seen_last_taken: int) -> bool:
         """Take over a stale unsigned reservation (compare-and-set on claimed_at), durably and audited.
 
-        Of several callers recovering the same reservation at once only one wins. The winner runs the same check
-        as a first signature (_refusals) at now: the row's reserved_at only says whether the reservation is
-        stale, never whether it may be signed (someone who writes the database could have inserted it). If
-        anything does not hold, the reservation is voided (audited, PolicyViolation) and nothing is signed."""
+        Of several callers recovering the same reservation at once only one wins. The winner decides again at
+        now, as a first signature would: the row's times only say whether the reservation is stale, never
+        whether it may be signed (someone who writes the database could have inserted it); the approvals' TTL
+        is judged when the reservation was made as the checkpointed log records it. If anything does not hold,
+        the reservation is voided (audited, PolicyViolation) and nothing is signed."""
         now = self.app.now()
 
         def claim(conn: Connection) -> tuple[bool, list[str]]:
-            audit_repo.lock_head(conn)  # first, as reserve() does: the policy read below is then current
-            unclaimed = (mint_authorizations.c.claimed_at.is_(None) if seen_claimed_at is None
-                         else mint_authorizations.c.claimed_at == seen_claimed_at)
-            taken = conn.execute(update(mint_authorizations)
-                                 .where(mint_authorizations.c.request_id == request_id,
-                                        mint_authorizations.c.signature.is_(None), unclaimed)
-                                 .values(claimed_at=now)).rowcount == 1
-            if not taken:
+            audit_repo.lock_head(conn)  # first, as every mint transaction: the policy read below is current
+            reservation = mint_repo.reservation(conn, request_id)
+            if reservation is None or reservation.last_taken != seen_last_taken or not mint_repo.claim(
+                    conn, request_id, reservation.claimed_at, now):
                 return False, []
-            row = self._row(conn, request_id)
-            active = self.policies.active(conn)
-            # the same check as the first signature, at now; only the approvals' TTL is judged when the
-            # reservation was made, as the log a signed checkpoint covers says (never a time a row says)
-            covered = self.app.token.require().checkpoint
-            at = self.audit.facts(conn).reserved_at(request_id, 0 if covered is None else covered.size)
-            result, reasons = self._refusals(conn, row, active, now, quorum_at=at)
-            if not result.met:
-                reasons = ["its quorum does not hold now under the request's and the current policy"]
-            if row.status != "pending":
-                reasons.append(f"the request is {row.status}")
+            policies = self.policies.current(conn)
+            request = self._request(conn, request_id)
+            reasons = self._takeover_refusals(conn, request, policies, reservation, now)
             if reasons:
-                conn.execute(delete(mint_authorizations).where(mint_authorizations.c.request_id == request_id,
-                                                               mint_authorizations.c.signature.is_(None)))
+                mint_repo.void(conn, request_id)
                 self.audit.record(conn, actor="appliance", action="mint.authorization.voided", subject=request_id,
-                                  details={"reasons": reasons}, policy_hash=active.hash)
+                                  details={"reasons": reasons}, policy_hash=policies.active.hash)
                 return False, reasons
-            self.audit.record(conn, actor="appliance", action="mint.authorization.recovered",
-                              subject=request_id, details={"reserved_at": reserved_at},
-                              policy_hash=policy_hash)
+            self.audit.record(conn, actor="appliance", action="mint.authorization.recovered", subject=request_id,
+                              details={"reserved_at": reservation.reserved_at}, policy_hash=request.policy_hash)
             return True, []
 
         taken, reasons = self.app.db.write(claim, "mint-reserve")
         if reasons:
             metrics.MINT_AUTHORIZATIONS.labels("refused").inc()
             raise PolicyViolation("the pending authorization was voided", [Problem("policy", r) for r in reasons])
-        return bool(taken)
+        return taken
+
+    def _takeover_refusals(self, conn: Connection, request: MintRequest, policies: Policies,
+                           reservation: Reservation, now: int) -> list[str]:
+        """Why a stale reservation may not be signed now (mint_decision.decide_takeover); empty: sign it."""
+        covered = self.app.token.require().checkpoint
+        at = self.audit.facts(conn).reserved_at(request.id, 0 if covered is None else covered.size)
+        quorum_ = self._quorum(request, mint_repo.approvals(conn, request.id), policies, now if at is None else at)
+        refusals = self._refusals(conn, request, policies, now) if quorum_.met else None
+        if reservation.digest != request.digest and refusals is not None:
+            refusals.append("the reserved digest does not match the request")
+        decision = md.decide_takeover(request.status, quorum_, refusals,
+                                      mint_repo.nonce_holder(conn, request.nonce, request.id))
+        return list(decision.reasons) if isinstance(decision, md.Refuse) else []
 
     # -- reading --------------------------------------------------------------------------------------------
+
+    def _request(self, conn: Connection, request_id: str, lock: bool = False) -> MintRequest:
+        try:
+            return mint_repo.get(conn, request_id, lock=lock)
+        except mint_repo.NotFoundRow:
+            raise NotFound(f"no mint request {request_id}") from None
+
+    def _digest(self, request: MintRequest) -> str:
+        """The EIP-712 digest recomputed from the stored canonical fields (never a stored or sent digest)."""
+        return "0x" + eip712.mint_digest(self._domain(request), _message(request)).hex()
+
+    def _domain(self, request: MintRequest) -> eip712.Eip712Domain:
+        s = self.app.settings
+        return eip712.Eip712Domain(s.eip712_name, s.eip712_version, request.chain_id, request.verifying_contract)
+
+    def _stored_authorization(self, request_id: str) -> dict[str, Any] | None:
+        with self.app.db.read() as conn:
+            request = self._request(conn, request_id)
+            reservation = mint_repo.reservation(conn, request_id)
+        return None if reservation is None else self._authorization_json(request, reservation)
+
+    def _authorization_json(self, request: MintRequest, reservation: Reservation) -> dict[str, Any] | None:
+        if reservation.signature is None:
+            return None
+        return {"typedData": eip712.typed_data(self._domain(request), _message(request)),
+                "digest": reservation.digest, "signature": reservation.signature, "signer": reservation.signer}
 
     def get(self, request_id: str) -> dict[str, Any]:
         now = self.app.now()
         with self.app.db.read() as conn:
-            row = self._row(conn, request_id)
-            active = self.policies.active(conn)
-            result = self._evaluate(conn, row, active, now)
-            approvals = conn.execute(select(mint_approvals.c.operator, mint_approvals.c.decision,
-                                            mint_approvals.c.iat).where(mint_approvals.c.request_id == request_id)
-                                     .order_by(mint_approvals.c.created_at, mint_approvals.c.operator)).all()
-            tier = active.bundle.policy.tier_for(int(row.amount))
-            required = active.bundle.policy.describe(tier)
-            if row.policy_hash != active.hash:  # both the recorded and the active policy's quorum must hold
-                recorded = self.policies.by_hash(conn, row.policy_hash).policy
-                earlier = recorded.describe(recorded.tier_for(int(row.amount)))
-                if earlier["text"] != required["text"]:
-                    required = {**required, "text": f"{required['text']} (active policy); and "
-                                f"{earlier['text']} (policy the request was made under)", "recorded": earlier}
-            status = self._status(row, now)
-            warnings = self._warnings(conn, row, active, now) if status == "pending" else []
+            request = self._request(conn, request_id)
+            judged = self._judge_for_view(conn, request, now)
+            reservation = mint_repo.reservation(conn, request_id)
+        authorization = None if reservation is None else self._authorization_json(request, reservation)
+        return self._view(judged, authorization, now)
+
+    def _judge_for_view(self, conn: Connection, request: MintRequest, now: int) -> Judged:
+        """The quorum and warnings shown to approvers: the decision without the velocity and reserve checks
+        (judged at signing time; reading never needs the audit log's facts)."""
+        policies = self.policies.current(conn)
+        approvals = mint_repo.approvals(conn, request.id)
+        judged_quorum = self._quorum(request, approvals, policies, now)
+        open_ = request.status_at(now) == "pending"
+        warnings = self._rule_refusals(request, policies, now, []) if open_ else []
+        return Judged(request, approvals, judged_quorum, md.Pending(judged_quorum), warnings)
+
+    def _view(self, judged: Judged, authorization: dict[str, Any] | None, now: int) -> dict[str, Any]:
+        """The request object of the API, from what was loaded to decide on it."""
+        r = judged.request
+        vetoed_now = isinstance(judged.decision, md.Closed) and judged.decision.veto
+        status = "authorized" if authorization is not None else "rejected" if vetoed_now else r.status_at(now)
+        assert judged.quorum is not None
         return {
-            "id": row.id, "status": status, "requester": row.requester, "chain_id": row.chain_id,
-            "to": row.to_address, "amount": row.amount,
-            "amount_tokens": amounts.format_units(int(row.amount), self.app.settings.token_decimals),
-            "token": self.app.settings.token_symbol, "nonce": row.nonce, "valid_after": row.valid_after,
-            "valid_before": row.valid_before, "digest": row.digest, "policy": row.policy_hash,
-            "typedData": self._typed_data(row), "required": required,
-            "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat} for a in approvals],
-            "quorum": result.to_json(), "created_at": row.created_at, "expires_at": row.expires_at,
-            "authorization": self._stored_authorization(request_id),
-            "request_jws": row.request_jws, "warnings": warnings,
+            "id": r.id, "status": status, "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
+            "amount": r.amount, "amount_tokens": amounts.format_units(int(r.amount), self.app.settings.token_decimals),
+            "token": self.app.settings.token_symbol, "nonce": r.nonce, "valid_after": r.valid_after,
+            "valid_before": r.valid_before, "digest": r.digest, "policy": r.policy_hash,
+            "typedData": eip712.typed_data(self._domain(r), _message(r)), "required": judged.quorum.required(),
+            "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat} for a in judged.approvals],
+            "quorum": judged.quorum.to_json(), "created_at": r.created_at, "expires_at": r.expires_at,
+            "authorization": authorization, "request_jws": r.request_jws,
+            "warnings": judged.warnings if status == "pending" else [],
         }
-
-    def _warnings(self, conn: Connection, row: Any, active: ActiveBundle, now: int) -> list[str]:
-        """Why the appliance would refuse to sign the request as stored, whatever the approvals (shown to
-        approvers before they sign): a row that is not what its requester signed, or rules no longer met.
-        The velocity limit and the reserve guard are judged at signing time and left out here."""
-        return self._rule_refusals(conn, row, active, now, authorized=[])
-
-    def _rule_refusals(self, conn: Connection, row: Any, active: ActiveBundle, now: int,
-                       authorized: list[mint_rules.Authorized]) -> list[str]:
-        """mint_rules.signing_refusals for the stored row, under its recorded and the active policy."""
-        recorded = self.policies.by_hash(conn, row.policy_hash)
-        contract = self.app.settings.chain(row.chain_id)
-        return mint_rules.signing_refusals(
-            self._signed_terms(conn, row), self._stored_terms(row), recorded=recorded.policy,
-            active=active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
-            authorized=authorized, request_id=row.id, now=now)
 
     def list(self, status: str | None, limit: int, offset: int) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(STATUSES)}")
-        query = select(mint_requests.c.id, mint_requests.c.status, mint_requests.c.requester,
-                       mint_requests.c.chain_id, mint_requests.c.to_address, mint_requests.c.amount,
-                       mint_requests.c.created_at, mint_requests.c.expires_at)
-        count = select(func.count()).select_from(mint_requests)
         now = self.app.now()
-        stored, open_ = mint_requests.c.status, mint_requests.c.expires_at > now
-        if status is not None:
-            # A pending request past its TTL is expired (the same rule as get()).
-            condition = {"pending": and_(stored == "pending", open_),
-                         "expired": or_(stored == "expired", and_(stored == "pending", not_(open_)))
-                         }.get(status, stored == status)
-            query = query.where(condition)
-            count = count.where(condition)
         with self.app.db.read() as conn:
-            total = conn.execute(count).scalar_one()
-            rows = conn.execute(query.order_by(mint_requests.c.created_at.desc(), mint_requests.c.id)
-                                .limit(min(limit, MAX_LIST)).offset(offset)).all()
+            total, rows = mint_repo.summaries(conn, status, now, min(limit, MAX_LIST), offset)
         return {"total": total, "items": [
-            {"id": r.id, "status": self._status(r, now),
-             "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address,
-             "amount": r.amount, "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
+            {"id": r.id, "status": "expired" if r.status == "pending" and now >= r.expires_at else r.status,
+             "requester": r.requester, "chain_id": r.chain_id, "to": r.to_address, "amount": r.amount,
+             "created_at": r.created_at, "expires_at": r.expires_at} for r in rows]}
 
 
-@functools.lru_cache(maxsize=4096)
-def _digest_of(name: str, version: str, chain_id: int, contract: str, to: str, amount: str, nonce: str,
-               valid_after: int, valid_before: int) -> str:
-    """The EIP-712 digest of exactly these field values. Pure, so remembered: a request's fields are hashed
-    again at every approval, reservation and signature, and each time costs checksum and struct keccaks.
-    Raises (and remembers nothing) for fields that do not make a MintAuthorization."""
-    domain = eip712.Eip712Domain(name, version, chain_id, contract)
-    return "0x" + eip712.mint_digest(domain, _mint_message(to, amount, nonce, valid_after, valid_before)).hex()
-
-
-def _mint_message(to: str, amount: str, nonce: str, valid_after: int, valid_before: int) -> eip712.MintAuthorization:
+def _message(request: MintRequest) -> eip712.MintAuthorization:
     """The MintAuthorization of a request's stored fields (amount a decimal string, nonce 0x-hex)."""
-    return eip712.MintAuthorization(to=to, amount=int(amount), nonce=bytes.fromhex(nonce[2:]),
-                                    valid_after=valid_after, valid_before=valid_before)
-
-
-NONCE_CONSUMED = "the nonce of this request was already consumed"
-
-
-def _refusal(reasons: list[str]) -> ApplianceError:
-    """The error for reasons not to sign: 409 when the nonce is taken (the same nonce with another payload is a
-    conflict that no later change resolves), 422 for the policy's refusals (velocity, reserve guard, tampering)."""
-    problems = [Problem("policy", r) for r in reasons]
-    nonce = [r for r in reasons if r.startswith(NONCE_CONSUMED)]
-    if nonce:
-        return Conflict(f"the authorization is refused: {nonce[0]}", problems)
-    return PolicyViolation("the authorization is refused", problems)
+    return eip712.MintAuthorization(to=request.to_address, amount=int(request.amount),
+                                    nonce=bytes.fromhex(request.nonce[2:]), valid_after=request.valid_after,
+                                    valid_before=request.valid_before)

@@ -61,6 +61,21 @@ class ActiveBundle:
     activated_seq: int
 
 
+@dataclass(frozen=True)
+class Policies:
+    """The bundle in force and the verified, anchored history it ends (by bundle hash)."""
+
+    active: ActiveBundle
+    bundles: dict[str, PolicyBundle]
+
+    def by_hash(self, digest: str) -> PolicyBundle:
+        """A bundle of the verified history (never any other stored row with that hash); NotFound otherwise."""
+        bundle = self.bundles.get(digest)
+        if bundle is None:
+            raise NotFound(f"no activated policy bundle with hash {digest}")
+        return bundle
+
+
 def load_bundle_files(policy_file: Path, operators_file: Path) -> PolicyBundle:
     """Parse and validate policy.toml and operators.toml (including each public key)."""
     data = {}
@@ -115,33 +130,34 @@ def _parse_bundle(text: str) -> PolicyBundle:
 
 
 class PolicyService:
-    def __init__(self, app: Appliance) -> None:
+    def __init__(self, app: Appliance, audit: AuditLog | None = None) -> None:
         self.app = app
-        self.audit = AuditLog(app)
+        self.audit = audit or AuditLog(app)
 
     # -- reading --------------------------------------------------------------------------------------------
 
     def active(self, conn: Connection | None = None) -> ActiveBundle:
         """The bundle in force; ConfigError when `init` never pinned one."""
+        return self.current(conn).active
+
+    def current(self, conn: Connection | None = None) -> Policies:
+        """The bundle in force and every bundle of its verified history, read once: the activation history is
+        checked back to the HSM anchor (see the module) and against the policy head the token holds (so a
+        deleted activation is a detected rollback). ConfigError when `init` never pinned a bundle."""
         if conn is None:
             with self.app.db.read() as c:
-                return self.active(c)
+                return self.current(c)
         row = conn.execute(select(policy_bundles).where(policy_bundles.c.status == "active")).first()
         if row is None:
             raise ConfigError("no active policy: run `appliance init`")
-        bundle = self._verified_history(conn, row)
-        return ActiveBundle(row.id, row.hash, bundle, row.activated_seq)
-
-    def _verified_history(self, conn: Connection, active_row: Any) -> PolicyBundle:
-        """The active bundle, after checking the activation history back to the HSM anchor (see the module) and
-        against the policy head the token holds (so a deleted activation is a detected rollback)."""
         rows = self._history_rows(conn)
-        if not rows or rows[-1].id != active_row.id:
+        if not rows or rows[-1].id != row.id:
             self._integrity_failure()
             raise PolicyHistoryInvalid("the active policy bundle is not the last one activated")
         bundles = self._verified(conn, rows)
         self._check_head([r.hash for r in rows])
-        return bundles[-1]
+        return Policies(ActiveBundle(row.id, row.hash, bundles[-1], row.activated_seq),
+                        {r.hash: b for r, b in zip(rows, bundles, strict=True)})
 
     @staticmethod
     def _history_rows(conn: Connection) -> list[Any]:

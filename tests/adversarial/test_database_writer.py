@@ -18,9 +18,9 @@ from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import PolicyBundle
 from appliance.services import auth
-from appliance.services.mint import RECOVERY_AFTER_SECONDS, _digest_of
+from appliance.services.mint import RECOVERY_AFTER_SECONDS
 from appliance.signing import SoftwareSigner
-from tests.helpers import Harness, metric
+from tests.helpers import Harness, digest_of, metric
 
 ELSEWHERE = "0x000000000000000000000000000000000000dEaD"  # on no allowlist
 
@@ -46,7 +46,7 @@ def recompute_digest(h: Harness, attacker: Engine, request_id: str) -> None:
     """What a careful attacker does after editing a request's fields: the digest column matches them again."""
     row = sql(attacker, "SELECT * FROM mint_requests WHERE id = :id", id=request_id)[0]
     s = h.app_ctx.settings
-    digest = _digest_of(s.eip712_name, s.eip712_version, row.chain_id, row.verifying_contract, row.to_address,
+    digest = digest_of(s, row.chain_id, row.verifying_contract, row.to_address,
                         row.amount, row.nonce, row.valid_after, row.valid_before)
     sql(attacker, "UPDATE mint_requests SET digest = :d WHERE id = :id", d=digest, id=request_id)
 

@@ -16,8 +16,8 @@ from typing import Any
 from appliance import config
 from appliance.operator import load_key, sign_request
 from appliance.services import auth
-from appliance.services.mint import _digest_of
 from tests.e2e.test_cli import Service
+from tests.helpers import digest_of
 
 ELSEWHERE = "0x000000000000000000000000000000000000dEaD"
 
@@ -63,7 +63,7 @@ def test_a_request_redirected_in_the_sqlite_file_is_refused_by_the_cli_and_never
         row = db.execute("SELECT chain_id, verifying_contract, to_address, amount, nonce, valid_after, "
                          "valid_before FROM mint_requests WHERE id = ?", (req["id"],)).fetchone()
         db.execute("UPDATE mint_requests SET digest = ? WHERE id = ?",
-                   (_digest_of(settings.eip712_name, settings.eip712_version, *row), req["id"]))
+                   (digest_of(settings, *row), req["id"]))
     # bob's CLI checks alice's signature on his own machine and refuses to sign what she did not ask for
     out = svc.cli("mint", "approve", req["id"], "--operator", "bob", "--key", svc.key("bob"), "--yes", check=False)
     assert out.returncode != 0 and "Traceback" not in out.stderr

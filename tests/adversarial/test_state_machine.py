@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy import Engine, create_engine, text
 
-from appliance.services.mint import RECOVERY_AFTER_SECONDS, _digest_of
+from appliance.services.mint import RECOVERY_AFTER_SECONDS
 from tests.conftest import drop_token_state, write_env
-from tests.helpers import Harness, harness
+from tests.helpers import Harness, digest_of, harness
 
 OFFICERS = ("alice", "bob", "carol", "dave")
 ELSEWHERE = "0x000000000000000000000000000000000000dEaD"
@@ -167,7 +167,7 @@ class Appliance(RuleBasedStateMachine):
         if fix_digest:
             row = self._sql("SELECT * FROM mint_requests WHERE id = :id", id=request_id)[0]
             s = self.h.app_ctx.settings
-            digest = _digest_of(s.eip712_name, s.eip712_version, row.chain_id, row.verifying_contract,
+            digest = digest_of(s, row.chain_id, row.verifying_contract,
                                 row.to_address, row.amount, row.nonce, row.valid_after, row.valid_before)
             self._sql("UPDATE mint_requests SET digest = :d WHERE id = :id", d=digest, id=request_id)
 

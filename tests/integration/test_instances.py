@@ -289,12 +289,10 @@ def _second_request_with_the_same_nonce(h: Harness) -> tuple[dict[str, Any], dic
     amount) A's nonce, with the digest recomputed so the row is consistent. The first defence, the unique nonce
     of mint_requests, refuses that edit, so it is dropped first (a hand-made migration, or a hostile DBA). Officers
     review B as the service now shows it and bob approves it; carol's approval would complete the quorum."""
-    from types import SimpleNamespace
-
     from sqlalchemy import text, update
 
-    from appliance.services.mint import MintService
     from appliance.store.tables import mint_requests
+    from tests.helpers import digest_of
 
     a = created(h)
     assert h.approve("bob", a).status_code == 201
@@ -304,9 +302,9 @@ def _second_request_with_the_same_nonce(h: Harness) -> tuple[dict[str, Any], dic
     with h.app_ctx.db.engine.begin() as conn:
         conn.execute(text("ALTER TABLE mint_requests DROP CONSTRAINT uq_mint_requests_nonce"))
         row = conn.execute(select(mint_requests).where(mint_requests.c.id == b["id"])).one()
-        edited = SimpleNamespace(**{**row._asdict(), "nonce": a["nonce"]})
-        conn.execute(update(mint_requests).where(mint_requests.c.id == b["id"])
-                     .values(nonce=a["nonce"], digest=MintService(h.app_ctx)._digest(edited)))  # noqa: SLF001
+        digest = digest_of(h.app_ctx.settings, row.chain_id, row.verifying_contract, row.to_address, row.amount,
+                           a["nonce"], row.valid_after, row.valid_before)
+        conn.execute(update(mint_requests).where(mint_requests.c.id == b["id"]).values(nonce=a["nonce"], digest=digest))
     b = h.client.get(f"/v1/mint-requests/{b['id']}").get_json()
     assert b["nonce"] == a["nonce"] and b["digest"] != a["digest"]  # same nonce, different payload
     assert h.approve("bob", b).status_code == 201

@@ -340,13 +340,35 @@ def test_list_filters_by_status(h: Harness) -> None:
     assert h.client.get("/v1/mint-requests?status=bogus").status_code == 400
 
 
-def test_a_met_quorum_whose_signing_failed_is_completed_by_asking_again(h: Harness) -> None:
+def test_a_final_approval_the_store_cannot_commit_keeps_nothing_and_can_be_sent_again(h: Harness) -> None:
+    """The approval, its audit entry and the nonce reservation are one transaction: all of it, or none."""
     req = created(h)
     h.approve("bob", req)
+    before, size = mint_signatures(), _audit_size(h)
+    carol = h.approval("carol", req)
+    url = f"/v1/mint-requests/{req['id']}/approvals"
+    with failing_write(h.app_ctx.db, "mint-approval"):
+        assert h.client.post(url, json={"jws": carol}).status_code == 503
+    assert mint_signatures() == before and _audit_size(h) == size
+    shown = h.client.get(f"/v1/mint-requests/{req['id']}").get_json()
+    assert [a["operator"] for a in shown["approvals"]] == ["bob"] and shown["status"] == "pending"
+    again = h.client.post(url, json={"jws": carol})  # its jti was never consumed: the same JWS is accepted
+    assert again.status_code == 201 and again.get_json()["status"] == "authorized"
+    assert mint_signatures() - before == 1
+
+
+def test_a_met_quorum_whose_signing_was_refused_is_completed_by_asking_again(h: Harness) -> None:
+    from appliance.store.tables import mint_requests
+
+    req = created(h)
+    h.approve("bob", req)
+    with h.app_ctx.db.engine.begin() as conn:  # the stored row is not what alice signed: signing is refused
+        conn.execute(mint_requests.update().where(mint_requests.c.id == req["id"]).values(requester="dave"))
     before = mint_signatures()
-    with failing_write(h.app_ctx.db, "mint-reserve"):
-        assert h.approve("carol", req).status_code == 503  # the approval is stored, the reservation is not
+    assert h.approve("carol", req).status_code == 422  # the approval is stored, nothing was reserved
     assert mint_signatures() == before
+    with h.app_ctx.db.engine.begin() as conn:  # put right again: asking again decides again, and signs
+        conn.execute(mint_requests.update().where(mint_requests.c.id == req["id"]).values(requester="alice"))
     url = f"/v1/mint-requests/{req['id']}/authorization"
     authz = h.client.get(url)
     assert authz.status_code == 200, authz.get_json()
