@@ -37,11 +37,13 @@ def _start_background(app_ctx: Any) -> None:
     """Periodic checkpoints and scheduled attestations; both are idempotent, so each worker may run them."""
     from appliance.services import lifecycle
 
+    background = lifecycle.Background(app_ctx)
+
     def loop() -> None:
         while True:
             time.sleep(1.0)
             try:
-                lifecycle.tick(app_ctx)
+                background.tick()
             except Exception:  # the loop must survive any failure; each failure is logged and counted
                 log.exception("background tick failed")
 

@@ -15,6 +15,7 @@ from appliance.services.context import Appliance
 def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) -> Flask:
     """Build the WSGI app around an already-wired Appliance (one per process)."""
     from appliance.api import attestations, audit, health, mint, policy
+    from appliance.services import registry
 
     app = Flask("appliance")
     app.config.update(MAX_CONTENT_LENGTH=app_ctx.settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -22,6 +23,7 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
     if test_config:
         app.config.update(test_config)
     app.extensions["appliance"] = app_ctx
+    app.extensions["services"] = registry.of(app_ctx)  # built once per process
     problems.register(app)
     for blueprint in (health.bp, audit.bp, mint.bp, policy.bp, attestations.bp):
         app.register_blueprint(blueprint)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from appliance.api.util import appliance, json_object, query_int
-from appliance.services.attestation import MAX_LIST, AttestationService
+from appliance.api.util import json_object, query_int, services
+from appliance.services.attestation import MAX_LIST
 
 bp = Blueprint("attestations", __name__, url_prefix="/v1/attestations")
 # Holder balances ride inside the signed request; 10 million holders go through the scheduler's inbox instead.
@@ -21,7 +21,7 @@ def _larger_bodies() -> None:
 @bp.post("")
 def create() -> tuple[Response, int]:
     body = json_object("jws")
-    result = AttestationService(appliance()).request(body["jws"])
+    result = services().attestations.request(body["jws"])
     response = jsonify({k: v for k, v in result.items() if k != "created"})
     response.headers["Location"] = f"/v1/attestations/{result['seq']}"
     return response, 201 if result["created"] else 200
@@ -30,14 +30,14 @@ def create() -> tuple[Response, int]:
 @bp.get("")
 def list_attestations() -> Response:
     before = query_int("before", minimum=1) if "before" in request.args else None
-    return jsonify(AttestationService(appliance()).list(query_int("limit", 50, 1, MAX_LIST), before))
+    return jsonify(services().attestations.list(query_int("limit", 50, 1, MAX_LIST), before))
 
 
 @bp.get("/latest")
 def latest() -> Response:
-    return Response(AttestationService(appliance()).latest(), mimetype="application/jose")
+    return Response(services().attestations.latest(), mimetype="application/jose")
 
 
 @bp.get("/<int:seq>")
 def get(seq: int) -> Response:
-    return Response(AttestationService(appliance()).get(seq), mimetype="application/jose")
+    return Response(services().attestations.get(seq), mimetype="application/jose")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from appliance.api.util import appliance, json_object, query_int
+from appliance.api.util import json_object, query_int, services
 from appliance.services.mint import MAX_LIST, MintService
 
 bp = Blueprint("mint", __name__, url_prefix="/v1/mint-requests")
 
 
 def _service() -> MintService:
-    return MintService(appliance())
+    return services().mint
 
 
 @bp.post("")

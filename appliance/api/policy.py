@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from appliance.api.util import appliance, json_object
-from appliance.services.policy import PolicyService
+from appliance.api.util import json_object, services
 
 bp = Blueprint("policy", __name__, url_prefix="/v1/policy")
 
 
 @bp.get("")
 def show() -> Response:
-    return jsonify(PolicyService(appliance()).describe())
+    return jsonify(services().policies.describe())
 
 
 @bp.post("/proposals")
 def propose() -> tuple[Response, int]:
     body = json_object("jws")
-    return jsonify(PolicyService(appliance()).propose(body["jws"])), 201
+    return jsonify(services().policies.propose(body["jws"])), 201
 
 
 @bp.post("/proposals/<proposal_id>/approvals")
 def approve(proposal_id: str) -> tuple[Response, int]:
     body = json_object("jws")
-    return jsonify(PolicyService(appliance()).approve(proposal_id, body["jws"])), 201
+    return jsonify(services().policies.approve(proposal_id, body["jws"])), 201

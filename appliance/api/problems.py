@@ -59,12 +59,10 @@ def register(app: Flask) -> None:
 def _audit_failure(app: Flask, exc: ApplianceError) -> None:
     """Authentication failures, HSM errors and run-time configuration faults go into the audit log too (best
     effort: never masks the error)."""
-    from appliance.services.audit import AuditLog
-
     action = ("auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error" if isinstance(exc, HsmUnavailable)
               else "service.misconfigured")  # a ConfigError at run time: token or key gone, files altered
     try:
-        AuditLog(app.extensions["appliance"]).record_standalone(
+        app.extensions["services"].audit.record_standalone(
             actor="appliance", action=action, subject=request.path,
             details={"reason": exc.detail[:200], "method": request.method}, policy_hash=None)
     except ApplianceError:

@@ -10,6 +10,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from appliance.domain.canonical import parse_json_strict
 from appliance.errors import ClientError, InvalidInput, Problem
 from appliance.services.context import Appliance
+from appliance.services.registry import Services
 
 
 class UnsupportedMediaType(ClientError):
@@ -20,6 +21,11 @@ class UnsupportedMediaType(ClientError):
 
 def appliance() -> Appliance:
     return current_app.extensions["appliance"]  # type: ignore[no-any-return]
+
+
+def services() -> Services:
+    """The services create_app built for this process."""
+    return current_app.extensions["services"]  # type: ignore[no-any-return]
 
 
 def json_body() -> Any:

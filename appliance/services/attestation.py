@@ -49,10 +49,10 @@ MAX_LIST = 200
 
 
 class AttestationService:
-    def __init__(self, app: Appliance) -> None:
+    def __init__(self, app: Appliance, audit: AuditLog | None = None, policies: PolicyService | None = None) -> None:
         self.app = app
-        self.audit = AuditLog(app)
-        self.policies = PolicyService(app)
+        self.audit = audit or AuditLog(app)
+        self.policies = policies or PolicyService(app, self.audit)
 
     # -- inputs ---------------------------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class Appliance:
     audit_tree_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     #: what the verified entries say about mints (reservations, closures), gathered as they are hashed
     audit_facts: LogFacts = field(default_factory=LogFacts.empty, init=False)
+    #: the process's services (services.registry.of builds them once); untyped here to keep imports acyclic
+    services: object = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         h = self.settings.hsm

@@ -8,37 +8,41 @@ import os
 from appliance import metrics
 from appliance.domain.canonical import parse_json_strict
 from appliance.errors import ApplianceError
-from appliance.services.audit import AuditLog
+from appliance.services import registry
 from appliance.services.context import Appliance
 
 log = logging.getLogger("appliance.lifecycle")
-_last_run: dict[tuple[int, str], float] = {}
 
 
 def on_start(app: Appliance) -> None:
     """Record the service start in the audit log."""
-    audit = AuditLog(app)
+    audit = registry.of(app).audit
     audit.ensure_head()
     audit.record_standalone(actor="appliance", action="service.start", subject=None,
                             details={"pid": os.getpid()}, policy_hash=None)
 
 
-def _due(app: Appliance, what: str, interval: float) -> bool:
-    key = (id(app), what)
-    now = app.clock()
-    if now - _last_run.get(key, 0.0) < interval:
-        return False
-    _last_run[key] = now
-    return True
+class Background:
+    """The periodic work of one process: a checkpoint when the interval passed, the attestation schedule."""
 
+    def __init__(self, app: Appliance) -> None:
+        self.app = app
+        self.last_run: dict[str, float] = {}
 
-def tick(app: Appliance) -> None:
-    """Once a second: a checkpoint when the log grew and the interval passed; the attestation schedule."""
-    if _due(app, "checkpoint", app.settings.checkpoint_interval_seconds):
-        AuditLog(app).checkpoint()
-    schedule = app.settings.attestation_schedule
-    if schedule.interval_minutes and _due(app, "attest", schedule.interval_minutes * 60):
-        scheduled_attestation(app)
+    def _due(self, what: str, interval: float) -> bool:
+        now = self.app.clock()
+        if now - self.last_run.get(what, 0.0) < interval:
+            return False
+        self.last_run[what] = now
+        return True
+
+    def tick(self) -> None:
+        """Once a second."""
+        if self._due("checkpoint", self.app.settings.checkpoint_interval_seconds):
+            registry.of(self.app).audit.checkpoint()
+        schedule = self.app.settings.attestation_schedule
+        if schedule.interval_minutes and self._due("attest", schedule.interval_minutes * 60):
+            scheduled_attestation(self.app)
 
 
 def scheduled_attestation(app: Appliance) -> dict[str, object] | None:
@@ -46,11 +50,11 @@ def scheduled_attestation(app: Appliance) -> dict[str, object] | None:
 
     Every worker may run this: the same as_of with the same figures returns the stored attestation.
     """
-    from appliance.services.attestation import AttestationInFlight, AttestationService, read_input
+    from appliance.services.attestation import AttestationInFlight, read_input
 
     schedule = app.settings.attestation_schedule
     assert schedule.reserves is not None and schedule.supply is not None
-    service = AttestationService(app)
+    service = registry.of(app).attestations
     try:
         reserves_path, supply_path = read_input(schedule.reserves), read_input(schedule.supply)
         report = parse_json_strict(reserves_path.read_bytes(), reserves_path.name)
@@ -65,7 +69,7 @@ def scheduled_attestation(app: Appliance) -> dict[str, object] | None:
         log.error("scheduled attestation failed: %s", reason)
         metrics.ATTESTATIONS.labels("schedule", "failed").inc()
         try:
-            AuditLog(app).record_standalone(actor="scheduler", action="attestation.failed", subject=None,
+            service.audit.record_standalone(actor="scheduler", action="attestation.failed", subject=None,
                                             details={"reason": reason}, policy_hash=None)
         except ApplianceError:
             log.error("could not audit the failed scheduled attestation")

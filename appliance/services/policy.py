@@ -14,7 +14,6 @@ install a policy or operator set of their own; the appliance refuses to act (503
 
 from __future__ import annotations
 
-import functools
 import json
 import tomllib
 import uuid
@@ -117,22 +116,16 @@ class PolicyHistoryInvalid(InfrastructureError):
     title = "The stored policy history does not verify"
 
 
-# Histories already verified in this process, keyed by the anchor and every (seq, id, hash) in order: a
-# verified approval stays verified, so only a new activation (or an altered row) costs a new check.
-_VERIFIED: set[tuple[Any, ...]] = set()
-
-
-@functools.lru_cache(maxsize=16)
-def _parse_bundle(text: str) -> PolicyBundle:
-    """PolicyBundle.from_json of a stored bundle, memoized on its exact text (parsing is pure; bundles are
-    immutable), so a request does not re-parse and re-validate the policy every time."""
-    return PolicyBundle.from_json(json.loads(text))
-
-
 class PolicyService:
     def __init__(self, app: Appliance, audit: AuditLog | None = None) -> None:
         self.app = app
         self.audit = audit or AuditLog(app)
+        #: histories verified by this service, each keyed by everything its check read from the rows: the
+        #: anchor and, per activation, seq, id, hash, the hash of the parsed text and the proposer's JWS
+        #: (the votes are verified once per activation: see _verified)
+        self._verified_keys: set[tuple[Any, ...]] = set()
+        #: parsed bundles by their exact stored text (parsing is pure; a bundle's text never changes)
+        self._parsed: dict[str, PolicyBundle] = {}
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -181,14 +174,17 @@ class PolicyService:
             except (InvalidInput, ValueError) as exc:
                 self._integrity_failure()
                 raise PolicyHistoryInvalid(f"the stored policy bundle {r.hash} does not parse") from exc
-        key = (anchor, *((r.activated_seq, r.id, r.hash, b.hash) for r, b in zip(rows, bundles, strict=True)))
-        if key not in _VERIFIED:
+        # A vote row edited or deleted after its bundle was verified here cannot give anyone power (the bundle
+        # was activated by genuine votes); a restarted process checks the votes again and refuses such a history.
+        key = (anchor, *((r.activated_seq, r.id, r.hash, b.hash, r.proposal_jws)
+                         for r, b in zip(rows, bundles, strict=True)))
+        if key not in self._verified_keys:
             try:
                 self._check_history(conn, anchor, rows, bundles)
             except PolicyHistoryInvalid:
                 self._integrity_failure()
                 raise
-            _VERIFIED.add(key)
+            self._verified_keys.add(key)
         return bundles
 
     @staticmethod
@@ -278,9 +274,13 @@ class PolicyService:
             raise NotFound(f"no activated policy bundle with hash {digest}")
         return bundle
 
-    @staticmethod
-    def _parse(text: str) -> PolicyBundle:
-        return _parse_bundle(text)
+    def _parse(self, text: str) -> PolicyBundle:
+        bundle = self._parsed.get(text)
+        if bundle is None:
+            if len(self._parsed) >= 64:
+                self._parsed.clear()
+            bundle = self._parsed[text] = PolicyBundle.from_json(json.loads(text))
+        return bundle
 
     def describe(self) -> dict[str, Any]:
         with self.app.db.read() as conn:

@@ -32,14 +32,13 @@ def readiness(app: Appliance) -> dict[str, dict[str, Any]]:
 
 
 def _integrity(app: Appliance) -> None:
-    from appliance.services.attestation import AttestationService
-    from appliance.services.audit import AuditLog
-    from appliance.services.policy import PolicyService
+    from appliance.services import registry
 
-    PolicyService(app).active()
+    services = registry.of(app)
+    services.policies.active()
     with app.db.read() as conn:
-        AuditLog(app).facts(conn)
-    AttestationService(app).check_head()
+        services.audit.facts(conn)
+    services.attestations.check_head()
 
 
 def snapshot(app: Appliance) -> StateSnapshot:
