@@ -81,25 +81,37 @@ class AuditLog:
     def checkpoint(self) -> str:
         """Sign a checkpoint of the whole log, as recomputed from the stored entries; returns the note.
 
-        Under the deployment's state lock: the tree is rebuilt from the entries' text (never a stored hash or
-        root), checked to contain the tree of the last checkpoint the token vouches for (RollbackDetected
-        otherwise: entries deleted or rewritten), and the token's checkpoint head moves to it BEFORE the HSM
-        signs. So the HSM never signs a smaller tree, nor two roots for one size (a crash after the head moved
-        signs the same tree again: Ed25519 is deterministic, so the note is the same)."""
+        Under the deployment's state lock: cover() moves the token's checkpoint head to the tree first, then
+        the note of that tree is signed and stored. So the HSM never signs a smaller tree, nor two roots for one
+        size (a crash after the head moved signs the same tree again: Ed25519 is deterministic, so the note is
+        the same)."""
+        with self.app.token.exclusive() as before:
+            size, root = self.cover()
+            if before.checkpoint is not None and before.checkpoint.size == size:  # nothing new: the stored note
+                with self.app.db.read() as conn:
+                    stored = audit_repo.checkpoint_at(conn, size)
+                if stored is not None and self._vouches(stored.note, size, root):
+                    return stored.note
+            return self._note_of(size, root)
+
+    def cover(self) -> tuple[int, bytes]:
+        """Move the token's checkpoint head to the whole stored log (size, root), without signing a note.
+
+        The tree is rebuilt from the entries' text (never a stored hash or root) and checked to contain the tree
+        of the last checkpoint the token vouches for (RollbackDetected otherwise: entries deleted or rewritten).
+        Once the head covers an entry, a log cut back or rewritten behind it is refused everywhere; the note of
+        a covered size can be signed at any later time (latest_note, the next checkpoint)."""
         with self.app.token.exclusive() as current:
             with self.app.db.read() as conn, self.app.audit_tree_lock:
                 tree = self._verified_tree(conn, current.checkpoint)
             size, root = len(tree), tree.root_of(len(tree))
             if current.checkpoint is None or size > current.checkpoint.size:
                 self.app.token.write(current.newer(checkpoint=heads.CheckpointHead(size, root)))
-            return self._note_of(size, root)
+            return size, root
 
     def _note_of(self, size: int, root: bytes) -> str:
-        """The signed note of (size, root), from the store when the stored one verifies, else signed now."""
-        with self.app.db.read() as conn:
-            stored = audit_repo.checkpoint_at(conn, size)
-        if stored is not None and self._vouches(stored.note, size, root):
-            return stored.note
+        """The signed note of (size, root), signed now and stored (a stored note of that size that does not
+        vouch for this root is replaced; an equal one is kept: Ed25519 notes are deterministic)."""
         cp = notes.Checkpoint(self.app.settings.audit_origin, size, root)
         note = notes.sign_checkpoint(cp, self.app.settings.audit_origin, self.app.audit_signer.point, self._sign)
         self.app.db.write(lambda conn: audit_repo.save_checkpoint(conn, size, root, note, self.app.now()),

@@ -170,7 +170,7 @@ class MintService:
             metrics.MINT_APPROVALS.labels("refused").inc()
             raise
         metrics.MINT_APPROVALS.labels("recorded").inc()
-        authorization = self._act(request_id, judged.decision)
+        authorization = self._act(request_id, judged.decision, judged.request)
         return self._view(judged, authorization, self.app.now())
 
     def _authenticate_decision(self, token: object, request: MintRequest, policies: Policies,
@@ -391,11 +391,12 @@ class MintService:
                           policy_hash=policies.active.hash)
         return decision
 
-    def _act(self, request_id: str, decision: md.Decision) -> dict[str, Any] | None:
+    def _act(self, request_id: str, decision: md.Decision, request: MintRequest | None = None
+             ) -> dict[str, Any] | None:
         """After the decision committed: sign (Sign), answer a stored one (Stored), refuse (Refuse: 409 when the
         nonce is taken, 422 otherwise), cover a veto with a checkpoint; None when there is nothing to return."""
         if isinstance(decision, md.Sign):
-            return self._sign(request_id)
+            return self._sign(request_id, request)
         if isinstance(decision, md.Stored):
             metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
             return self._stored_authorization(request_id)
@@ -416,31 +417,37 @@ class MintService:
         it is not (yet) allowed or another caller holds the reservation."""
         now = self.app.now()
 
-        def decide(conn: Connection) -> md.Decision:
+        def decide(conn: Connection) -> tuple[MintRequest, md.Decision]:
             audit_repo.lock_head(conn)
             policies = self.policies.current(conn)
             request = self._request(conn, request_id)
-            return self._persist(conn, request, policies, self._judge(conn, request, policies, now).decision, now,
-                                 "appliance")
+            judged = self._judge(conn, request, policies, now)
+            return request, self._persist(conn, request, policies, judged.decision, now, "appliance")
 
         try:
-            decision = self.app.db.write(decide, "mint-reserve")
+            request, decision = self.app.db.write(decide, "mint-reserve")
         except InfrastructureError:
             metrics.MINT_AUTHORIZATIONS.labels("failed-closed").inc()
             raise
-        return self._act(request_id, decision)
+        return self._act(request_id, decision, request)
 
-    def _sign(self, request_id: str) -> dict[str, Any]:
-        """Sign a reserved authorization and store the signature; returns the authorization object."""
-        with self.app.db.read() as conn:
-            request = self._request(conn, request_id)
-            reservation = mint_repo.reservation(conn, request_id)
+    def _sign(self, request_id: str, request: MintRequest | None = None) -> dict[str, Any]:
+        """Sign a reserved authorization and store the signature; returns the authorization object. `request`:
+        the request as the decision that has just reserved it in a committed transaction read it (otherwise the
+        request and its reservation are read again: a takeover, or a late original signer)."""
+        if request is None:
+            with self.app.db.read() as conn:
+                request = self._request(conn, request_id)
+                reservation = mint_repo.reservation(conn, request_id)
+        else:
+            reservation = Reservation(request.id, request.nonce, request.digest, request.chain_id, request.amount,
+                                      self.app.mint_signer.address, None, self.app.now(), None, None)
         digest = self._digest(request)
         if reservation is None or digest != reservation.digest:
             raise PolicyViolation("the reserved digest does not match the request")
-        # The reservation's audit entry is covered by a checkpoint (the token's head moves to it) before the HSM
-        # signs: fail closed, and a log rolled back or rewritten behind the token stops minting (503).
-        self.audit.checkpoint()
+        # The token's checkpoint head moves over the reservation's audit entry before the HSM signs: fail closed,
+        # and a log rolled back or rewritten behind the token stops minting (503). Its note is signed below.
+        self.audit.cover()
         try:
             signature = "0x" + self.app.mint_signer.sign_eth_digest(bytes.fromhex(digest[2:])).hex()
         except ApplianceError:
@@ -448,12 +455,16 @@ class MintService:
             metrics.MINT_AUTHORIZATIONS.labels("hsm-error").inc()
             raise
         metrics.SIGNATURES.labels("mint", "ok").inc()
-        if self.app.db.write(lambda conn: self._store_signature(conn, request, digest, signature), "mint-store"):
+        stored_now = self.app.db.write(lambda conn: self._store_signature(conn, request, digest, signature),
+                                       "mint-store")
+        if stored_now:
             metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
         try:
             self.audit.checkpoint()
         except ApplianceError:
             pass  # the periodic checkpoint will cover it; the authorization itself is durable
+        if stored_now:
+            return self._authorization_json(request, replace(reservation, signature=signature))  # type: ignore[return-value]
         stored = self._stored_authorization(request_id)
         if stored is None:  # the reservation was voided while the HSM signed: this signature is discarded
             raise Conflict(f"the authorization of request {request_id} was withdrawn while it was being signed")
