@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,8 @@ from appliance.domain.heads import Heads, HeadsInvalid, newest
 from appliance.errors import StorageUnavailable
 from appliance.hsm import Hsm
 from appliance.store.db import Database
+
+KNOWN_FOR = 0.25  # seconds: how long heads read or written by this process are used without reading the token
 
 
 class TokenState:
@@ -42,6 +45,7 @@ class TokenState:
         self._fd_pid = 0
         self._anchor: str | None = None
         self._depth = 0
+        self._known: tuple[float, Heads] | None = None  # (monotonic time, heads) last read or written here
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -54,9 +58,19 @@ class TokenState:
         return self._anchor
 
     def read(self, *, fresh: bool = False) -> Heads:
-        """The heads as the token holds them (Heads.empty() before `init` wrote any)."""
+        """The heads as the token holds them (Heads.empty() before `init` wrote any).
+
+        Without `fresh`, heads this process read or wrote less than KNOWN_FOR seconds ago are returned without
+        asking the token (reading an object's value from SoftHSM2 costs a file check, ~0.3 ms): they can only
+        be older than the token's, never newer, so a check against them is at worst that much less strict.
+        Every advance, and so every signature, reads the token afresh inside exclusive()."""
+        known = self._known
+        if not fresh and known is not None and time.monotonic() - known[0] < KNOWN_FOR:
+            return known[1]
         heads = newest(self.hsm.data_values(self.label, fresh=fresh))
-        return Heads.empty() if heads is None else heads
+        heads = Heads.empty() if heads is None else heads
+        self._known = (time.monotonic(), heads) if heads.version else None
+        return heads
 
     def require(self) -> Heads:
         """read(), HeadsInvalid when `init` never wrote the state (the appliance must not run without it)."""
@@ -93,6 +107,7 @@ class TokenState:
         if not self._depth:
             raise RuntimeError("TokenState.write outside exclusive()")
         self.hsm.replace_data(self.label, heads.to_bytes())
+        self._known = (time.monotonic(), heads)
 
     def _lock_fd(self) -> int:
         # An flock belongs to an open file description, which a forked child shares: open it per process.
