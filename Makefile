@@ -9,7 +9,7 @@ DEV := .dev
 APPLIANCE_TEST_PG_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 export APPLIANCE_TEST_PG_DSN
 
-.PHONY: run test lint bench bench-quick system-deps clean-dev
+.PHONY: run test test-fast lint bench bench-quick system-deps clean-dev
 
 system-deps:
 	@missing=""; \
@@ -47,7 +47,11 @@ lint: $(VENV)/.installed
 
 test: NEED_PROMTOOL=1
 test: system-deps $(VENV)/.installed lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
+
+# The inner loop: everything except the tests marked slow (real processes, several instances, big sweeps).
+test-fast: system-deps $(VENV)/.installed
+	$(BIN)/pytest -q -m "not slow" --durations=5
 
 bench: system-deps $(VENV)/.installed
 	$(BIN)/python -m bench

@@ -1,7 +1,8 @@
 """Shared fixtures: a real SoftHSM2 token per test session, fresh stores per test, SQLite and PostgreSQL.
 
 SoftHSM2 reads SOFTHSM2_CONF once per process (at C_Initialize) and does not see tokens created later, so
-every token this process uses is created here, before the first PKCS#11 call. The PIN below is a
+every token this process uses is created by the session fixture `softhsm_home`, which the suites that open
+the HSM (integration, e2e, adversarial) request first; the unit tests create none. The PIN below is a
 THROWAWAY TEST PIN for a software token that lives in a temporary directory.
 """
 
@@ -26,24 +27,16 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_DSN = os.environ.get("APPLIANCE_TEST_PG_DSN", "")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Create the session's tokens before anything loads the PKCS#11 library."""
-    import tempfile
-
-    home = Path(tempfile.mkdtemp(prefix="appliance-softhsm-"))
+@pytest.fixture(scope="session")
+def softhsm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's SoftHSM2 tokens, created before anything in this process loads the PKCS#11 library (the
+    suites that use the HSM ask for this fixture first: see their conftest.py; the unit tests never do)."""
+    home = tmp_path_factory.mktemp("softhsm")
     for label in (TOKEN, BAD_TOKEN):
         subprocess.run([str(ROOT / "softhsm" / "create-token.sh"), str(home), label, "so-" + TEST_PIN, TEST_PIN],
                        check=True, capture_output=True)
     os.environ["SOFTHSM2_CONF"] = str(home / "softhsm2.conf")
-    config.stash[_HOME] = home
-
-
-_HOME = pytest.StashKey[Path]()
-
-
-@pytest.fixture(scope="session")
-def softhsm_home(request: pytest.FixtureRequest) -> Path:
-    return request.config.stash[_HOME]
+    return home
 
 
 @pytest.fixture

@@ -18,6 +18,12 @@ from tests.e2e.test_cli import service  # noqa: F401 - `appliance serve` on a de
 from tests.helpers import Harness, harness
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_token(softhsm_home: Any) -> Any:
+    """Every test here may open the session's SoftHSM2 token: it is created before the first of them runs."""
+    return softhsm_home
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def h(request: pytest.FixtureRequest) -> Harness:
     env = request.getfixturevalue("env" if request.param == "sqlite" else "pg_env")

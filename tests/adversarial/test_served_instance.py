@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from appliance import config
 from appliance.operator import load_key, sign_request
 from appliance.services import auth
@@ -20,6 +22,9 @@ from tests.e2e.test_cli import Service
 from tests.helpers import digest_of
 
 ELSEWHERE = "0x000000000000000000000000000000000000dEaD"
+
+pytestmark = pytest.mark.slow  # several processes and instances per test
+
 
 
 def mint_signatures(svc: Service) -> float:

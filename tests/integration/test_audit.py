@@ -300,6 +300,7 @@ def awaiting_final_approval(h: Harness, count: int) -> tuple[list[dict[str, Any]
     return requests, [h.approval("carol", r) for r in requests]
 
 
+@pytest.mark.slow
 def test_unwritable_audit_store_signs_nothing(h: Harness) -> None:
     h.app_ctx.db.timeout = 0.05  # the configured bound on any wait for the store (default 5 s)
     requests, final = awaiting_final_approval(h, 100)
@@ -488,6 +489,7 @@ def test_every_entry_after_the_first_policy_names_the_policy_in_force(h: Harness
     assert by_action["auth.failed"]["policy"] == active
 
 
+@pytest.mark.slow
 def test_an_unreachable_hsm_fails_readiness_and_signing_then_recovers(h: Harness) -> None:
     """The token disappears (real SoftHSM, wrong label after the session is dropped): /readyz and hsm_up say
     so, a final approval gets 503 with nothing signed or stored; when the token is back the service recovers."""

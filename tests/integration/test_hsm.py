@@ -200,6 +200,7 @@ def test_create_token_is_idempotent_and_never_prints_a_pin_it_did_not_set(tmp_pa
     assert sum(1 for line in slots.splitlines() if line.split(":")[-1].strip() == "twice") == 1
 
 
+@pytest.mark.slow
 def test_processes_opening_the_token_while_another_logs_in_and_out_all_get_a_session(tmp_path: Path) -> None:
     """SoftHSM2 rewrites a token's files at every login and reads its token list at C_Initialize: a process that
     starts at that moment may not see the token, or get a GeneralError. Measured before the retry: 3 of 40 fresh

@@ -31,6 +31,9 @@ RECOVERY_OFFSET = 45  # seconds the instances' clocks run ahead: past RECOVERY_A
 HSM_LATENCY = 0.05  # seconds each mint-key signature takes in the instances
 CHILD_TIMEOUT = 90  # seconds: spawning imports the whole stack; a hung instance fails the test, never hangs it
 
+pytestmark = pytest.mark.slow  # several processes and instances per test
+
+
 
 def mint_signatures() -> float:
     return metric("appliance_signatures_total", key="mint", outcome="ok")

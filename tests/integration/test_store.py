@@ -141,6 +141,7 @@ def write_lock_held(db_url: str) -> Iterator[None]:
         thread.join()
 
 
+@pytest.mark.slow
 def test_a_held_lock_fails_within_the_timeout(store: Database, db_url: str) -> None:
     """A blocked store never hangs a request: the write gives up within the configured bound."""
     with write_lock_held(db_url):

@@ -129,6 +129,7 @@ def test_root_matches_reference_for_every_size_up_to_300() -> None:
         assert root(LEAVES[:size]) == REF.mth(0, size), size
 
 
+@pytest.mark.slow
 def test_inclusion_proofs_match_reference_and_verify_for_every_index_up_to_300() -> None:
     for size in range(1, EXHAUSTIVE + 1):
         tree_root = REF.mth(0, size)
@@ -138,6 +139,7 @@ def test_inclusion_proofs_match_reference_and_verify_for_every_index_up_to_300()
             verify_inclusion(LEAVES[index], index, size, proof, tree_root)
 
 
+@pytest.mark.slow
 def test_consistency_proofs_match_reference_and_verify_for_every_pair_up_to_300() -> None:
     for new_size in range(1, EXHAUSTIVE + 1):
         new_root = REF.mth(0, new_size)
@@ -199,6 +201,7 @@ def test_one_proof_costs_at_most_one_hash_per_leaf(hash_calls: Callable[[], int]
         assert hash_calls() - before < size
 
 
+@pytest.mark.slow
 def test_a_million_leaves_are_handled_iteratively() -> None:
     size = 1_000_003  # a ragged right edge: 2**19 + 2**18 + ... + 3 leaves
     leaves = make_leaves(size)
