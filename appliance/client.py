@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -99,6 +98,3 @@ def _problem(exc: urllib.error.HTTPError) -> ApplianceError:
         error.title = str(body.get("title") or error.title)
     return error
 
-
-def now() -> int:
-    return int(time.time())

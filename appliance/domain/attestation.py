@@ -29,6 +29,8 @@ from typing import Any, Literal
 import rfc8785
 
 from appliance.domain.reserves import ReserveReport, SupplySnapshot
+from appliance.domain.rfc3339 import parse_utc as parse_utc
+from appliance.domain.rfc3339 import utc as utc
 from appliance.errors import Conflict, InvalidInput, Problem
 
 VERSION = 1
@@ -41,8 +43,6 @@ MAX_SUM = 2**128  # liabilities sums are 16 bytes (appliance.domain.liabilities.
 REQUIRED = ("version", "seq", "prev", "as_of", "issued_at", "issuer", "token", "currency", "reserves", "supply",
             "coverage_bps", "status", "liabilities", "evidence", "policy", "audit")
 
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_DIGITS = 100  # a verifier parses amounts from untrusted payloads: bound the work int() can be made to do
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -52,29 +52,6 @@ _JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+")
 
 
 # -- small shared pieces ----------------------------------------------------------------------------------------
-
-def utc(moment: datetime) -> str:
-    """An aware datetime as the payload writes times: UTC, whole seconds, "2026-11-24T16:00:00Z".
-
-    Fractions of a second are dropped (the payload's precision is the second). ValueError for a naive datetime,
-    which would silently mean the machine's local time.
-    """
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("a naive datetime has no defined instant; pass an aware one")
-    t = moment.astimezone(UTC)
-    # Formatted by hand: strftime("%Y") does not pad years before 1000 to four digits on every platform.
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"
-
-
-def parse_utc(text: object) -> datetime | None:
-    """The aware datetime of a payload time string ("YYYY-MM-DDTHH:MM:SSZ"), or None if it is not one."""
-    if not isinstance(text, str) or not _TIME.fullmatch(text):
-        return None
-    try:
-        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
 
 def prev_digest(jws: str) -> str:
     """SHA-256 hex of a compact JWS's ASCII bytes: the `prev` member of the attestation that follows it.

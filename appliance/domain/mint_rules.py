@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.domain import amounts
-from appliance.domain.attestation import parse_utc
 from appliance.domain.policy import Policy, ReserveFacts, reserve_guard_reasons
+from appliance.domain.rfc3339 import parse_utc
 
 IAT_SKEW_SECONDS = 300  # how far the appliance's clock at creation may differ from the requester's signed iat
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.domain.policy import OperatorSet, Policy, Tier, describe
-from appliance.errors import PolicyViolation, Problem
 
 # How far in the future an approval's iat may be: clock skew between an officer's workstation and the appliance.
 FUTURE_SKEW_SECONDS = 300
@@ -187,14 +186,3 @@ def evaluate(request: RequestFacts, approvals: Sequence[Approval], operators: Op
     return QuorumResult(met=not expired and not vetoed and not missing, vetoed=vetoed, expired=expired,
                         tier=describe(tier), counted=tuple(sorted(counted)), rejected_by=tuple(sorted(rejecters)),
                         ignored=tuple(ignored), missing=tuple(missing))
-
-
-def require_quorum(request: RequestFacts, approvals: Sequence[Approval], operators: OperatorSet, policy: Policy,
-                   now: int) -> QuorumResult:
-    """evaluate(), returning the result when the quorum is met; raises PolicyViolation with its reasons (one
-    Problem per reason, at location "quorum") otherwise."""
-    result = evaluate(request, approvals, operators, policy, now)
-    if not result.met:
-        raise PolicyViolation(f"quorum not met: {result.reasons}",
-                              [Problem("quorum", reason) for reason in result.why_not])
-    return result

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
@@ -25,14 +25,14 @@ from appliance.domain import heads, reserves
 from appliance.domain.canonical import canonical_json
 from appliance.domain.jose import parse_compact
 from appliance.domain.liabilities import LiabilityTree
+from appliance.domain.rfc3339 import parse_utc, utc
 from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound, PolicyViolation, Problem
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
 from appliance.services.policy import PolicyService
 from appliance.signing import sign_jws
-from appliance.store import audit_repo
-from appliance.store.tables import attestations
+from appliance.store import attestation_repo, audit_repo
 
 TYP = "reserve-attestation+jws"
 REQUESTER_ROLES = frozenset({"auditor"})  # not treasury: those who mint do not attest to the reserves
@@ -116,8 +116,8 @@ class AttestationService:
         reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
         reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})
         now = self.app.now()
-        stamp = _utc(datetime.fromtimestamp(now, UTC))
-        future = [Problem(f"{name}.as_of", f"{_utc(when)} is later than now ({stamp})")
+        stamp = utc(datetime.fromtimestamp(now, UTC))
+        future = [Problem(f"{name}.as_of", f"{utc(when)} is later than now ({stamp})")
                   for name, when in (("reserves", report.as_of), ("supply", supply.as_of))
                   if when.timestamp() > now + FUTURE_AS_OF_SECONDS]
         if future:
@@ -131,7 +131,7 @@ class AttestationService:
             raise PolicyViolation("the holder balances do not add up to the supply", [Problem(
                 "holders", f"they total {tree.total} base units; the supply snapshot totals {supply.total}")])
         digest = att.figures_digest(report, supply, liabilities)
-        as_of = _utc(report.as_of)
+        as_of = utc(report.as_of)
         with self.app.token.exclusive() as current:
             return self._issue(current, report, supply, tree, liabilities, holders_csv, digest, as_of, now,
                                requested_by, token)
@@ -150,9 +150,7 @@ class AttestationService:
         a signed attestation beyond it that the token never recorded (a fork)."""
         head = current.attestation
         with self.app.db.read() as conn:
-            rows = conn.execute(select(attestations).where(attestations.c.jws != "",
-                                                           attestations.c.seq >= max(head.seq, 1))
-                                .order_by(attestations.c.seq)).all()
+            rows = attestation_repo.signed_from(conn, max(head.seq, 1))
         at_head = rows[0] if rows and rows[0].seq == head.seq else None
         if head.seq > 0 and (at_head is None or att.prev_digest(at_head.jws) != head.hash):
             metrics.INTEGRITY_FAILURES.labels("attestation").inc()
@@ -184,19 +182,17 @@ class AttestationService:
             if token is not None:
                 auth.consume_jti(conn, token, now)
             self._drop_abandoned(conn, now)
-            same = conn.execute(select(attestations).where(attestations.c.as_of == as_of)).first()
+            same = attestation_repo.by_as_of(conn, as_of)
             decision = att.decide_attestation(  # the head's as_of as signed, never its column
                 None if last is None else att.Issued(last.seq, _parse_utc(json.loads(_payload_of(last.jws))["as_of"]),
                                                      last.figures_digest),
                 None if same is None else att.Issued(same.seq, _parse_utc(same.as_of), same.figures_digest),
                 report.as_of, digest)
-            if decision.action == "reuse":
+            if decision.action == "reuse":  # decide_attestation refuses (409) this as_of with other figures
                 assert same is not None  # "reuse" only when this as_of exists
-                if same.jws == "":
+                if not same.signed:
                     raise AttestationInFlight(f"the attestation for {as_of} is being signed: ask again in a moment")
                 return "same", same
-            if same is not None:
-                raise Conflict(f"an attestation for {as_of} exists already")
             active = self.policies.active(conn)
             seq = 1 if last is None else last.seq + 1
             payload = att.build_payload(
@@ -205,7 +201,7 @@ class AttestationService:
                 token={"symbol": settings.token_symbol, "name": settings.token_name,
                        "decimals": settings.token_decimals},
                 policy_hash=active.hash, audit=checkpoint, liabilities=liabilities)
-            conn.execute(insert(attestations).values(
+            attestation_repo.reserve(conn, attestation_repo.StoredAttestation(
                 seq=seq, as_of=as_of, as_of_ts=int(report.as_of.timestamp()), figures_digest=digest,
                 status=payload["status"], coverage_bps=payload["coverage_bps"],
                 reserves_total=payload["reserves"]["total"], reserves_decimals=payload["reserves"]["decimals"],
@@ -242,9 +238,7 @@ class AttestationService:
         metrics.SIGNATURES.labels("attestation", "ok").inc()
 
         def store(conn: Connection) -> None:
-            ours = (attestations.c.seq == seq, attestations.c.jws == "", attestations.c.issued_at == now,
-                    attestations.c.figures_digest == digest)
-            if conn.execute(update(attestations).where(*ours).values(jws=jws)).rowcount != 1:
+            if not attestation_repo.store_signature(conn, seq, now, digest, jws):
                 # Signing outlasted ABANDONED_AFTER_SECONDS and the reservation was dropped (perhaps seq
                 # reserved again): this JWS is discarded, never stored or returned. Nothing forks the chain.
                 raise AttestationInFlight(f"the reservation of attestation {seq} was abandoned while it was "
@@ -263,11 +257,9 @@ class AttestationService:
     def _drop_abandoned(self, conn: Connection, now: int) -> None:
         """Remove a reservation whose signature was never stored (its JWS was never returned to anyone)."""
         cutoff = now - ABANDONED_AFTER_SECONDS
-        stale = conn.execute(select(attestations.c.seq).where(attestations.c.jws == "",
-                                                               attestations.c.issued_at <= cutoff)).all()
-        for row in stale:
-            conn.execute(delete(attestations).where(attestations.c.seq == row.seq, attestations.c.jws == ""))
-            self.audit.record(conn, actor="appliance", action="attestation.abandoned", subject=str(row.seq),
+        for seq in attestation_repo.abandoned(conn, cutoff):
+            attestation_repo.unreserve(conn, seq)
+            self.audit.record(conn, actor="appliance", action="attestation.abandoned", subject=str(seq),
                               details={"reason": "reserved but never signed and stored"}, policy_hash=None)
 
     def _checkpoint(self) -> dict[str, Any]:
@@ -284,9 +276,7 @@ class AttestationService:
 
     def _unreserve(self, seq: int, requested_by: str, reserved_at: int) -> None:
         def undo(conn: Connection) -> None:
-            deleted = conn.execute(delete(attestations).where(attestations.c.seq == seq, attestations.c.jws == "",
-                                                              attestations.c.issued_at == reserved_at)).rowcount
-            if deleted != 1:
+            if not attestation_repo.unreserve(conn, seq, reserved_at):
                 return  # already dropped as abandoned (and audited then); this seq may be someone else's now
             self.audit.record(conn, actor=requested_by, action="attestation.failed", subject=str(seq),
                               details={"reason": "the HSM could not sign"}, policy_hash=None)
@@ -299,32 +289,24 @@ class AttestationService:
         if not 1 <= seq < 2**63:  # beyond any stored seq (and beyond what the store's integers can hold)
             raise NotFound(f"no attestation {seq}")
         with self.app.db.read() as conn:
-            row = conn.execute(select(attestations.c.jws).where(attestations.c.seq == seq,
-                                                                 attestations.c.jws != "")).first()
+            row = attestation_repo.signed_at(conn, seq)
         if row is None:
             raise NotFound(f"no attestation {seq}")
-        return str(row.jws)
+        return row.jws
 
     def latest(self) -> str:
         with self.app.db.read() as conn:
-            row = conn.execute(select(attestations.c.jws).where(attestations.c.jws != "")
-                               .order_by(attestations.c.seq.desc()).limit(1)).first()
+            row = attestation_repo.latest_signed_attestation(conn)
         if row is None:
             raise NotFound("no attestation yet")
-        return str(row.jws)
+        return row.jws
 
     def list(self, limit: int, before: int | None) -> dict[str, Any]:
-        query = select(attestations.c.seq, attestations.c.as_of, attestations.c.issued_at, attestations.c.status,
-                       attestations.c.coverage_bps).where(attestations.c.jws != "")
-        if before is not None:
-            query = query.where(attestations.c.seq < before)
         with self.app.db.read() as conn:
-            total = conn.execute(select(func.count()).select_from(attestations)
-                                 .where(attestations.c.jws != "")).scalar_one()
-            rows = conn.execute(query.order_by(attestations.c.seq.desc()).limit(min(limit, MAX_LIST))).all()
+            total, rows = attestation_repo.page(conn, min(limit, MAX_LIST), before)
         items = [{"seq": r.seq, "as_of": r.as_of, "issued_at": r.issued_at, "status": r.status,
                   "coverage_bps": r.coverage_bps, "href": f"/v1/attestations/{r.seq}"} for r in rows]
-        next_before = items[-1]["seq"] if items and items[-1]["seq"] > 1 else None
+        next_before = rows[-1].seq if rows and rows[-1].seq > 1 else None
         return {"total": total, "items": items, "next": None if next_before is None else
                 f"/v1/attestations?limit={limit}&before={next_before}"}
 
@@ -345,12 +327,12 @@ def _payload_of(jws: str) -> bytes:
     return parse_compact(jws).payload
 
 
-def _utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse_utc(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    """A stored time the appliance wrote (rfc3339.utc); ValueError when it is not one (a damaged row)."""
+    moment = parse_utc(text)
+    if moment is None:
+        raise ValueError(f"not a time the appliance writes: {text!r}")
+    return moment
 
 
 def read_input(path: Path) -> Path:

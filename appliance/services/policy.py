@@ -49,7 +49,8 @@ from appliance.errors import (
 from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
-from appliance.store.tables import attestations, policy_approvals, policy_bundles
+from appliance.store import attestation_repo
+from appliance.store.tables import policy_approvals, policy_bundles
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,7 @@ class PolicyService:
                 with self.app.db.read() as conn:
                     rows = self._history_rows(conn)
                     self._verified(conn, rows)
-                    last = conn.execute(select(attestations.c.seq, attestations.c.jws)
-                                        .where(attestations.c.jws != "")
-                                        .order_by(attestations.c.seq.desc()).limit(1)).first()
+                    last = attestation_repo.latest_signed_attestation(conn)
                 chain = heads.AttestationHead(0, None) if last is None else heads.AttestationHead(
                     last.seq, prev_digest(last.jws))
                 self.app.token.write(current.newer(policy=heads.PolicyHead(len(rows), rows[-1].hash),

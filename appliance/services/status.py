@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from appliance.errors import ApplianceError
 from appliance.metrics import StateCollector, StateSnapshot
 from appliance.services.context import Appliance
-from appliance.store import audit_repo
-from appliance.store.tables import attestations, mint_requests, policy_bundles
+from appliance.store import attestation_repo, audit_repo, mint_repo
+from appliance.store.tables import policy_bundles
 
 
 def _check(fn: Any) -> dict[str, Any]:
@@ -53,12 +53,8 @@ def snapshot(app: Appliance) -> StateSnapshot:
             audit_entries = audit_repo.head(conn).size
             latest = audit_repo.latest_checkpoint(conn)
             checkpoint_size = latest.size if latest else 0
-            pending = conn.execute(select(func.count()).select_from(mint_requests)
-                                   .where(mint_requests.c.status == "pending",
-                                          mint_requests.c.expires_at > app.now())).scalar_one()
-            row = conn.execute(select(attestations.c.issued_at, attestations.c.as_of_ts, attestations.c.coverage_bps,
-                                      attestations.c.status)
-                               .where(attestations.c.jws != "").order_by(attestations.c.seq.desc()).limit(1)).first()
+            pending = mint_repo.count_pending(conn, app.now())
+            row = attestation_repo.latest_signed_attestation(conn)
             if row is not None:
                 last_time, last_as_of = float(row.issued_at), float(row.as_of_ts)
                 ratio = None if row.coverage_bps is None else row.coverage_bps / 10000

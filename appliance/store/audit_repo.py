@@ -155,11 +155,6 @@ def count_below(conn: Connection, size: int) -> int:
                                       .where(audit_entries.c.idx < size)).scalar_one())
 
 
-def count_actions(conn: Connection) -> dict[str, int]:
-    rows = _flushed(conn).execute(select(audit_entries.c.action, func.count()).group_by(audit_entries.c.action))
-    return {r[0]: int(r[1]) for r in rows}
-
-
 def save_checkpoint(conn: Connection, size: int, root: bytes, note: str, now: int) -> None:
     """Store a signed checkpoint, replacing whatever row claims this size (the caller checked it did not verify,
     or it is the same note)."""

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from appliance.domain.policy import ROLES, Operator, OperatorSet, Policy, parse_policy
-from appliance.domain.quorum import Approval, QuorumResult, RequestFacts, evaluate, require_quorum
-from appliance.errors import PolicyViolation, Problem
+from appliance.domain.quorum import Approval, QuorumResult, RequestFacts, evaluate
 
 NOW = 1_800_000_000
 TTL = 3600
@@ -288,19 +287,17 @@ def test_an_expired_request_is_never_met(now: int, expired: bool) -> None:
         assert result.missing == () and result.reasons == "the request expired"
 
 
-# -- the raising wrapper and the explanation -----------------------------------------------------------------------
+# -- the explanation ----------------------------------------------------------------------------------------------
 
-def test_require_quorum_returns_the_result_when_met() -> None:
-    result = require_quorum(request(), [approval("t1"), approval("t2")], OPERATORS, make_policy(), NOW)
-    assert result.met and result.reasons == "quorum met by t1, t2"
+def test_a_met_quorum_says_who_met_it() -> None:
+    result = evaluate(request(), [approval("t1"), approval("t2")], OPERATORS, make_policy(), NOW)
+    assert result.met and result.reasons == "quorum met by t1, t2" and result.why_not == ()
 
 
-def test_require_quorum_raises_policy_violation_with_what_is_missing() -> None:
-    with pytest.raises(PolicyViolation) as exc:
-        require_quorum(request(SMALL_UP_TO + 1), [approval("t1"), approval("t2")], OPERATORS, make_policy(), NOW)
-    assert exc.value.status == 422
-    assert exc.value.problems == (Problem("quorum", "1 more approval"), Problem("quorum", "1 more cfo"))
-    assert exc.value.detail == "quorum not met: 1 more approval; 1 more cfo"
+def test_an_unmet_quorum_says_what_is_missing() -> None:
+    result = evaluate(request(SMALL_UP_TO + 1), [approval("t1"), approval("t2")], OPERATORS, make_policy(), NOW)
+    assert result.why_not == ("1 more approval", "1 more cfo")
+    assert result.reasons == "1 more approval; 1 more cfo"
 
 
 @pytest.mark.parametrize(("approvals", "expires_at", "reasons"), [
@@ -309,12 +306,10 @@ def test_require_quorum_raises_policy_violation_with_what_is_missing() -> None:
     ([approval("t1"), approval("t3", "reject"), approval("c1", "reject")], NOW,
      ["the request expired", "rejected by c1, t3", "1 more approval"]),
 ])
-def test_require_quorum_raises_on_veto_and_expiry(approvals: list[Approval], expires_at: int,
-                                                  reasons: list[str]) -> None:
-    with pytest.raises(PolicyViolation) as exc:
-        require_quorum(request(expires_at=expires_at), approvals, OPERATORS, make_policy(), NOW)
-    assert exc.value.detail == "quorum not met: " + "; ".join(reasons)
-    assert exc.value.problems == tuple(Problem("quorum", r) for r in reasons)
+def test_veto_and_expiry_are_explained_first(approvals: list[Approval], expires_at: int,
+                                             reasons: list[str]) -> None:
+    result = evaluate(request(expires_at=expires_at), approvals, OPERATORS, make_policy(), NOW)
+    assert not result.met and result.why_not == tuple(reasons) and result.reasons == "; ".join(reasons)
 
 
 def test_result_json_explains_itself() -> None:
