@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,31 @@ AS_OF_SKEW_SECONDS = 86400  # reserve report and supply snapshot must describe t
 FUTURE_AS_OF_SECONDS = 300  # clock skew allowed for as_of; a later one would block every real as_of after it
 ABANDONED_AFTER_SECONDS = 30  # an unsigned reservation this old lost its signer (HSM or store failure)
 MAX_LIST = 200
+
+
+@dataclass(frozen=True)
+class _Order:
+    """One validated request for an attestation (holders_csv: kept only when it built the liabilities tree)."""
+
+    report: reserves.ReserveReport
+    supply: reserves.SupplySnapshot
+    liabilities: dict[str, Any] | None
+    holders_csv: str | None
+    digest: str
+    as_of: str
+    now: int
+    requested_by: str
+    token: auth.Authenticated | None
+
+
+def _reservation(order: _Order, payload: dict[str, Any]) -> attestation_repo.StoredAttestation:
+    """The row that reserves payload's seq (its JWS empty until the signature is stored)."""
+    return attestation_repo.StoredAttestation(
+        seq=int(payload["seq"]), as_of=order.as_of, as_of_ts=int(order.report.as_of.timestamp()),
+        figures_digest=order.digest, status=payload["status"], coverage_bps=payload["coverage_bps"],
+        reserves_total=payload["reserves"]["total"], reserves_decimals=payload["reserves"]["decimals"],
+        supply_total=payload["supply"]["total"], supply_decimals=payload["supply"]["decimals"], jws="",
+        issued_at=order.now, requested_by=order.requested_by)
 
 
 class AttestationService:
@@ -131,10 +156,10 @@ class AttestationService:
             raise PolicyViolation("the holder balances do not add up to the supply", [Problem(
                 "holders", f"they total {tree.total} base units; the supply snapshot totals {supply.total}")])
         digest = att.figures_digest(report, supply, liabilities)
-        as_of = utc(report.as_of)
+        order = _Order(report, supply, liabilities, holders_csv if tree is not None else None, digest,
+                       utc(report.as_of), now, requested_by, token)
         with self.app.token.exclusive() as current:
-            return self._issue(current, report, supply, tree, liabilities, holders_csv, digest, as_of, now,
-                               requested_by, token)
+            return self._issue(current, order)
 
     def check_head(self) -> None:
         """RollbackDetected unless the store holds the attestation chain as far as the token records it (for
@@ -169,63 +194,65 @@ class AttestationService:
                                          "recorded: the attestation chain was forked")
         return current, at_head
 
-    def _issue(self, current: heads.Heads, report: Any, supply: Any, tree: Any, liabilities: Any,
-               holders_csv: str | None, digest: str, as_of: str, now: int, requested_by: str,
-               token: auth.Authenticated | None) -> dict[str, Any]:
+    def _issue(self, current: heads.Heads, order: _Order) -> dict[str, Any]:
         """Reserve, sign and store attestation head + 1, the token's head moving with it (see the module)."""
-        settings = self.app.settings
         current, last = self._head(current)
         checkpoint = self._checkpoint()
-
-        def reserve(conn: Connection) -> tuple[str, Any]:
-            audit_repo.lock_head(conn)  # serializes attestations across threads and instances
-            if token is not None:
-                auth.consume_jti(conn, token, now)
-            self._drop_abandoned(conn, now)
-            same = attestation_repo.by_as_of(conn, as_of)
-            decision = att.decide_attestation(  # the head's as_of as signed, never its column
-                None if last is None else att.Issued(last.seq, _parse_utc(json.loads(_payload_of(last.jws))["as_of"]),
-                                                     last.figures_digest),
-                None if same is None else att.Issued(same.seq, _parse_utc(same.as_of), same.figures_digest),
-                report.as_of, digest)
-            if decision.action == "reuse":  # decide_attestation refuses (409) this as_of with other figures
-                assert same is not None  # "reuse" only when this as_of exists
-                if not same.signed:
-                    raise AttestationInFlight(f"the attestation for {as_of} is being signed: ask again in a moment")
-                return "same", same
-            active = self.policies.active(conn)
-            seq = 1 if last is None else last.seq + 1
-            payload = att.build_payload(
-                report, supply, seq=seq, prev_jws=None if last is None else last.jws,
-                issued_at=datetime.fromtimestamp(now, UTC), issuer=settings.issuer,
-                token={"symbol": settings.token_symbol, "name": settings.token_name,
-                       "decimals": settings.token_decimals},
-                policy_hash=active.hash, audit=checkpoint, liabilities=liabilities)
-            attestation_repo.reserve(conn, attestation_repo.StoredAttestation(
-                seq=seq, as_of=as_of, as_of_ts=int(report.as_of.timestamp()), figures_digest=digest,
-                status=payload["status"], coverage_bps=payload["coverage_bps"],
-                reserves_total=payload["reserves"]["total"], reserves_decimals=payload["reserves"]["decimals"],
-                supply_total=payload["supply"]["total"], supply_decimals=payload["supply"]["decimals"],
-                jws="", issued_at=now, requested_by=requested_by))
-            self.audit.record(conn, actor=requested_by, action="attestation.reserved", subject=str(seq),
-                              details={"as_of": as_of, "figures": digest, "status": payload["status"],
-                                       "coverage_bps": payload["coverage_bps"]}, policy_hash=active.hash)
-            return "new", payload
-
         try:
-            outcome, data = self.app.db.write(reserve, "attestation-reserve")
+            outcome, data = self.app.db.write(lambda conn: self._reserve(conn, order, last, checkpoint),
+                                              "attestation-reserve")
         except sa_exc.IntegrityError as exc:
             raise AttestationInFlight("another attestation was reserved at the same time: ask again") from exc
         if outcome == "same":
             return {"seq": data.seq, "jws": data.jws, "as_of": data.as_of, "status": data.status, "created": False}
-        payload: dict[str, Any] = data
+        return self._sign_and_store(current, order, data)
+
+    def _reserve(self, conn: Connection, order: _Order, last: attestation_repo.StoredAttestation | None,
+                 checkpoint: dict[str, Any]) -> tuple[str, Any]:
+        """("same", the stored attestation) for a retry of a signed as_of; ("new", payload) once the next seq is
+        reserved for this as_of and audited; AttestationInFlight or Conflict otherwise."""
+        audit_repo.lock_head(conn)  # serializes attestations across threads and instances
+        if order.token is not None:
+            auth.consume_jti(conn, order.token, order.now)
+        self._drop_abandoned(conn, order.now)
+        same = attestation_repo.by_as_of(conn, order.as_of)
+        decision = att.decide_attestation(  # the head's as_of as signed, never its column
+            None if last is None else att.Issued(last.seq, _parse_utc(json.loads(_payload_of(last.jws))["as_of"]),
+                                                 last.figures_digest),
+            None if same is None else att.Issued(same.seq, _parse_utc(same.as_of), same.figures_digest),
+            order.report.as_of, order.digest)
+        if decision.action == "reuse":  # decide_attestation refuses (409) this as_of with other figures
+            assert same is not None  # "reuse" only when this as_of exists
+            if not same.signed:
+                raise AttestationInFlight(f"the attestation for {order.as_of} is being signed: ask again in a moment")
+            return "same", same
+        active = self.policies.active(conn)
+        payload = self._payload(order, last, active.hash, checkpoint)
+        attestation_repo.reserve(conn, _reservation(order, payload))
+        self.audit.record(conn, actor=order.requested_by, action="attestation.reserved", subject=str(payload["seq"]),
+                          details={"as_of": order.as_of, "figures": order.digest, "status": payload["status"],
+                                   "coverage_bps": payload["coverage_bps"]}, policy_hash=active.hash)
+        return "new", payload
+
+    def _payload(self, order: _Order, last: attestation_repo.StoredAttestation | None, policy_hash: str,
+                 checkpoint: dict[str, Any]) -> dict[str, Any]:
+        settings = self.app.settings
+        return att.build_payload(
+            order.report, order.supply, seq=1 if last is None else last.seq + 1,
+            prev_jws=None if last is None else last.jws, issued_at=datetime.fromtimestamp(order.now, UTC),
+            issuer=settings.issuer, token={"symbol": settings.token_symbol, "name": settings.token_name,
+                                           "decimals": settings.token_decimals},
+            policy_hash=policy_hash, audit=checkpoint, liabilities=order.liabilities)
+
+    def _sign_and_store(self, current: heads.Heads, order: _Order, payload: dict[str, Any]) -> dict[str, Any]:
+        """The token records the one payload that may be signed as this seq BEFORE the HSM signs it; then the
+        JWS is stored (the last write) and the token's head moves to it."""
         seq = int(payload["seq"])
-        if tree is not None and holders_csv is not None:
-            self._keep_holders(seq, holders_csv)
+        if order.holders_csv is not None:
+            self._keep_holders(seq, order.holders_csv)
         else:
             self.holders_path(seq).unlink(missing_ok=True)  # left by an abandoned reservation of this seq
         text = canonical_json(payload)
-        # the token records the one payload that may be signed as this seq BEFORE the HSM signs it
         intent = current.newer(attestation=replace(current.attestation, pending=text.decode("utf-8")))
         self.app.token.write(intent)
         try:
@@ -233,26 +260,26 @@ class AttestationService:
         except ApplianceError:
             metrics.SIGNATURES.labels("attestation", "error").inc()
             self.app.token.write(intent.newer(attestation=current.attestation))
-            self._unreserve(seq, requested_by, now)
+            self._unreserve(seq, order.requested_by, order.now)
             raise
         metrics.SIGNATURES.labels("attestation", "ok").inc()
-
-        def store(conn: Connection) -> None:
-            if not attestation_repo.store_signature(conn, seq, now, digest, jws):
-                # Signing outlasted ABANDONED_AFTER_SECONDS and the reservation was dropped (perhaps seq
-                # reserved again): this JWS is discarded, never stored or returned. Nothing forks the chain.
-                raise AttestationInFlight(f"the reservation of attestation {seq} was abandoned while it was "
-                                          "being signed: ask again")
-            self.audit.record(conn, actor=requested_by, action="attestation.signed", subject=str(seq),
-                              details={"jws_sha256": att.prev_digest(jws)}, policy_hash=payload["policy"])
-
-        self.app.db.write(store, "attestation-store")
+        self.app.db.write(lambda conn: self._store(conn, order, payload, jws), "attestation-store")
         self.app.token.write(intent.newer(attestation=heads.AttestationHead(seq, att.prev_digest(jws))))
         try:
             self.audit.checkpoint()
         except ApplianceError:
             pass  # the periodic checkpoint covers it; the attestation is durable
         return {"seq": seq, "jws": jws, "as_of": payload["as_of"], "status": payload["status"], "created": True}
+
+    def _store(self, conn: Connection, order: _Order, payload: dict[str, Any], jws: str) -> None:
+        seq = int(payload["seq"])
+        if not attestation_repo.store_signature(conn, seq, order.now, order.digest, jws):
+            # Signing outlasted ABANDONED_AFTER_SECONDS and the reservation was dropped (perhaps seq reserved
+            # again): this JWS is discarded, never stored or returned. Nothing forks the chain.
+            raise AttestationInFlight(f"the reservation of attestation {seq} was abandoned while it was being "
+                                      "signed: ask again")
+        self.audit.record(conn, actor=order.requested_by, action="attestation.signed", subject=str(seq),
+                          details={"jws_sha256": att.prev_digest(jws)}, policy_hash=payload["policy"])
 
     def _drop_abandoned(self, conn: Connection, now: int) -> None:
         """Remove a reservation whose signature was never stored (its JWS was never returned to anyone)."""

@@ -381,19 +381,7 @@ class PolicyService:
             active = self.active(conn)
             who = auth.authenticate(token, active.bundle, typ=auth.TYP_POLICY_APPROVAL,
                                     roles=frozenset(active.bundle.policy.governance.eligible_roles), now=now)
-            row = conn.execute(select(policy_bundles).where(policy_bundles.c.id == proposal_id)
-                               .with_for_update()).first()
-            if row is None:
-                raise NotFound(f"no policy proposal {proposal_id}")
-            if row.status != "proposed":
-                raise Conflict(f"proposal {proposal_id} is {row.status}")
-            proposal = _vouched_proposal(row, active.hash, active.bundle)
-            if isinstance(proposal, str):
-                raise Conflict(f"proposal {proposal_id} cannot be approved: {proposal}")
-            ttl = active.bundle.policy.governance.proposal_ttl_seconds
-            if now >= int(proposal["iat"]) + ttl:
-                raise Conflict(f"proposal {proposal_id} expired {ttl} s after it was proposed "
-                               "(governance.proposal_ttl_seconds): propose it again")
+            row = self._open_proposal(conn, proposal_id, active, now)
             payload = who.payload
             if payload.get("proposal") != proposal_id or payload.get("hash") != row.hash:
                 raise PolicyViolation("the approval does not name this proposal and its bundle hash")
@@ -417,6 +405,24 @@ class PolicyService:
         if result["status"] == "active":
             self.active()  # the token's policy head moves to the new activation now (see _check_head)
         return result
+
+    @staticmethod
+    def _open_proposal(conn: Connection, proposal_id: str, active: ActiveBundle, now: int) -> Any:
+        """The proposal's row, locked, if it can still be voted on: proposed, vouched for by its proposer's JWS on
+        the active bundle, not expired (NotFound, Conflict otherwise)."""
+        row = conn.execute(select(policy_bundles).where(policy_bundles.c.id == proposal_id).with_for_update()).first()
+        if row is None:
+            raise NotFound(f"no policy proposal {proposal_id}")
+        if row.status != "proposed":
+            raise Conflict(f"proposal {proposal_id} is {row.status}")
+        proposal = _vouched_proposal(row, active.hash, active.bundle)
+        if isinstance(proposal, str):
+            raise Conflict(f"proposal {proposal_id} cannot be approved: {proposal}")
+        ttl = active.bundle.policy.governance.proposal_ttl_seconds
+        if now >= int(proposal["iat"]) + ttl:
+            raise Conflict(f"proposal {proposal_id} expired {ttl} s after it was proposed "
+                           "(governance.proposal_ttl_seconds): propose it again")
+        return row
 
     def _maybe_activate(self, conn: Connection, active: ActiveBundle, row: Any, now: int) -> dict[str, Any]:
         governance = active.bundle.policy.governance
