@@ -180,15 +180,28 @@ def keys_export(obj: Context, fmt: str) -> None:
         click.echo(jwks_pem(client.jwks()), nl=False)
 
 
-def _register() -> None:
-    from appliance.commands import attest, audit, mint, policy, verify
-
-    for group in (mint.mint, audit.audit, policy.policy, attest.attest, attest.attestations, attest.liabilities,
-                  verify.verify):
-        cli.add_command(group)
+# Command groups, imported only when used: `appliance mint show` loads neither the HSM adapter nor the store.
+_LAZY = {"mint": ("mint", "mint"), "audit": ("audit", "audit"), "policy": ("policy", "policy"),
+         "attest": ("attest", "attest"), "attestations": ("attest", "attestations"),
+         "liabilities": ("attest", "liabilities"), "verify": ("verify", "verify")}
 
 
-_register()
+def _lazy_list(ctx: click.Context) -> list[str]:
+    return sorted([*click.Group.list_commands(cli, ctx), *_LAZY])
+
+
+def _lazy_get(ctx: click.Context, name: str) -> click.Command | None:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        command: click.Command = getattr(importlib.import_module(f"appliance.commands.{module}"), attr)
+        return command
+    return click.Group.get_command(cli, ctx, name)
+
+
+cli.list_commands = _lazy_list  # type: ignore[method-assign]
+cli.get_command = _lazy_get  # type: ignore[method-assign,assignment]
 
 
 def main() -> None:

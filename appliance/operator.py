@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.client import new_jti
 from appliance.domain import jose
+from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, dumps
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
 from appliance.errors import ApplianceError, ConfigError, VerificationFailed
-from appliance.services.auth import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, dumps
 from appliance.signing import SoftwareSigner
 
 

@@ -10,10 +10,10 @@ import click
 
 from appliance.client import Client
 from appliance.commands import url_option
+from appliance.domain import messages
 from appliance.domain.canonical import parse_json_strict
 from appliance.errors import InvalidInput
 from appliance.operator import check_enrolled, load_key, sign_request
-from appliance.services import auth
 
 
 def _json_file(path: Path) -> Any:
@@ -46,7 +46,7 @@ def attest(ctx: click.Context, operator: str, key: str, reserves_file: Path, sup
     check_enrolled(signer, operator, client.policy())
     payload = {"reserves": _json_file(reserves_file), "supply": _json_file(supply_file),
                "holders_csv": holders_file.read_text(encoding="utf-8") if holders_file else None}
-    result = client.post("/v1/attestations", {"jws": sign_request(signer, auth.TYP_ATTESTATION_REQUEST, payload)})
+    result = client.post("/v1/attestations", {"jws": sign_request(signer, messages.TYP_ATTESTATION_REQUEST, payload)})
     if out is not None:
         out.write_text(result["jws"] + "\n", encoding="ascii")
     if as_json:

@@ -8,10 +8,9 @@ import click
 
 from appliance.client import Client
 from appliance.commands import url_option
-from appliance.domain import amounts, eip712
+from appliance.domain import amounts, eip712, messages
 from appliance.errors import VerificationFailed
 from appliance.operator import check_enrolled, check_requester_signed, load_key, sign_request
-from appliance.services import auth
 
 
 @click.group()
@@ -76,7 +75,7 @@ def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, c
     to = eip712.parse_address(to, "--to")
     amounts.parse_amount(amount, "--amount")
     chain = chain_id if chain_id is not None else _chain_for(client, to)
-    jws = sign_request(signer, auth.TYP_MINT_REQUEST, {"to": to, "amount": amount, "chain_id": chain})
+    jws = sign_request(signer, messages.TYP_MINT_REQUEST, {"to": to, "amount": amount, "chain_id": chain})
     created = client.post("/v1/mint-requests", {"jws": jws})
     if as_json:
         click.echo(_json(created))
@@ -114,7 +113,7 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
         click.echo(describe(req))
     if not (yes or as_json):
         click.confirm(f"{decision} this mint as {operator}?", abort=True)
-    jws = sign_request(signer, auth.TYP_MINT_APPROVAL, {"request_id": request_id, "digest": digest,
+    jws = sign_request(signer, messages.TYP_MINT_APPROVAL, {"request_id": request_id, "digest": digest,
                                                         "decision": decision, "policy": req["policy"]})
     result = client.post(f"/v1/mint-requests/{request_id}/approvals", {"jws": jws})
     click.echo(_json(result) if as_json else f"\n{decision}d; status {result['status']}"
@@ -161,7 +160,7 @@ def cancel(ctx: click.Context, request_id: str, operator: str, key: str, as_json
     """Cancel a pending request (its requester or a security admin)."""
     client = _client(ctx)
     signer = _operator(client, operator, key)
-    jws = sign_request(signer, auth.TYP_MINT_CANCEL, {"request_id": request_id})
+    jws = sign_request(signer, messages.TYP_MINT_CANCEL, {"request_id": request_id})
     result = client.post(f"/v1/mint-requests/{request_id}/cancel", {"jws": jws})
     click.echo(_json(result) if as_json else f"request {request_id} is {result['status']}")
 

@@ -11,9 +11,9 @@ import click
 
 from appliance.client import Client
 from appliance.commands import url_option
+from appliance.domain import messages
 from appliance.domain.bundle_diff import diff
 from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
-from appliance.services import auth
 
 
 @click.group()
@@ -46,7 +46,7 @@ def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, 
     check_enrolled(signer, operator, current)
     payload = {"policy": _toml(policy_file), "operators": _toml(operators_file) if operators_file else None,
                "base": current["active"]["hash"]}  # the bundle this proposal changes (stale once another lands)
-    result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, auth.TYP_POLICY_PROPOSAL, payload)})
+    result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, messages.TYP_POLICY_PROPOSAL, payload)})
     click.echo(json.dumps(result, indent=2) if as_json else
                f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
     if not as_json:
@@ -85,7 +85,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
             click.echo("\n".join(f"  {line}" for line in changes) or "  (none)")
         if not (yes or as_json):
             click.confirm(f"approve this change as {operator}?", abort=True)
-    jws = sign_request(signer, auth.TYP_POLICY_APPROVAL, {"proposal": proposal_id, "hash": proposal["hash"],
+    jws = sign_request(signer, messages.TYP_POLICY_APPROVAL, {"proposal": proposal_id, "hash": proposal["hash"],
                                                           "decision": "reject" if reject else "approve"})
     result = client.post(f"/v1/policy/proposals/{proposal_id}/approvals", {"jws": jws})
     click.echo(json.dumps(result, indent=2) if as_json else f"proposal {proposal_id}: {result['status']}")

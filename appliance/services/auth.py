@@ -9,7 +9,6 @@ transaction as the state change so a replay is refused across restarts and insta
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,19 +19,19 @@ from sqlalchemy import exc as sa_exc
 from appliance import metrics
 from appliance.domain import jose
 from appliance.domain.canonical import parse_json_strict
+from appliance.domain.messages import TYP_ATTESTATION_REQUEST as TYP_ATTESTATION_REQUEST
+from appliance.domain.messages import TYP_MINT_APPROVAL as TYP_MINT_APPROVAL
+from appliance.domain.messages import TYP_MINT_CANCEL as TYP_MINT_CANCEL
+from appliance.domain.messages import TYP_MINT_REQUEST as TYP_MINT_REQUEST
+from appliance.domain.messages import TYP_POLICY_APPROVAL as TYP_POLICY_APPROVAL
+from appliance.domain.messages import TYP_POLICY_PROPOSAL as TYP_POLICY_PROPOSAL
+from appliance.domain.messages import dumps as dumps
 from appliance.domain.policy import Operator, PolicyBundle
 from appliance.errors import ApplianceError, Conflict, Forbidden, InvalidInput, Unauthenticated
 from appliance.store.tables import seen_tokens
 
 IAT_SKEW_SECONDS = 300
 OPERATOR_ALGS = frozenset({"EdDSA", "ES256"})
-
-TYP_MINT_REQUEST = "mint-request+jws"
-TYP_MINT_APPROVAL = "mint-approval+jws"
-TYP_MINT_CANCEL = "mint-cancel+jws"
-TYP_ATTESTATION_REQUEST = "attestation-request+jws"
-TYP_POLICY_PROPOSAL = "policy-proposal+jws"
-TYP_POLICY_APPROVAL = "policy-approval+jws"
 
 
 @dataclass(frozen=True)
@@ -136,8 +135,3 @@ def _reason_label(detail: str) -> str:
         if key in detail:
             return label
     return "other"
-
-
-def dumps(payload: dict[str, Any]) -> bytes:
-    """JSON bytes for a JWS payload (compact, UTF-8)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
