@@ -21,7 +21,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description="appliance benchmarks")
     parser.add_argument("--quick", action="store_true", help="small sizes (under 2 minutes)")
-    parser.add_argument("--only", help="comma-separated sections: hsm,service,liabilities,audit,regulator")
+    parser.add_argument("--only", help="comma-separated sections: hsm,service,liabilities,audit,regulator,statements")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     started = time.perf_counter()
@@ -38,6 +38,8 @@ def main() -> None:
         ("audit", lambda: __import__("bench.audit", fromlist=["x"]).appends(args.quick)
          + __import__("bench.audit", fromlist=["x"]).verification(args.quick)),
         ("regulator", lambda: __import__("bench.regulator", fromlist=["x"]).run(args.quick)),
+        ("statements", lambda: __import__("bench.statements", fromlist=["x"]).final_approvals(
+            50 if args.quick else 200)[0]),
     ]
     for name, section in sections:
         if only is not None and name not in only:

@@ -5,6 +5,26 @@ transactions that take the write lock up front (`BEGIN IMMEDIATE`) so that read-
 as an audit append are serialized. PostgreSQL (several instances) gets lock and statement timeouts, and
 write transactions are retried on serialization failures and deadlocks. Every driver error other than a
 constraint violation becomes `StorageUnavailable`.
+
+The durability contract of `Database.write(fn)`:
+- **Returned means committed.** When write() returns, everything fn wrote (its rows, and the audit entries and
+  head its repositories buffered) is committed with `synchronous=FULL` (SQLite) or a synchronous commit
+  (PostgreSQL): it survives a crash of the process or the machine. When write() raises, nothing of fn is
+  committed. There is no third outcome visible to the caller, except that a StorageUnavailable raised by the
+  commit itself may hide a commit that did happen (the database's usual ambiguity): the mint path is built for
+  it (a reservation without a signature is taken over; see services.mint).
+- **Group commit.** Concurrent callers are batched: one leads and runs every waiting fn in one transaction,
+  each in its own savepoint, then commits once. A caller's own error (an ApplianceError, an IntegrityError)
+  rolls back only its savepoint, buffered rows included (the savepoint events reset the write buffers), and
+  reaches only that caller; the others commit. A failure of the store (a driver error, a failed commit, a
+  constraint violated while the buffers are written) fails every caller of the batch: none of them commits.
+  So a concurrent caller's failure can never undo what write() told another caller was committed, and it can
+  make another caller fail (503) only by breaking the store itself.
+- **Bounded waits.** A caller whose fn has not started within the timeout fails (its fn never runs); a batch
+  waits for locks only until the earliest deadline of its callers, and callers with time left are queued again.
+- **Write-behind buffers.** Repositories may collect rows during the transaction (`add_buffer`) and write them
+  in one statement just before the commit; reads through the same connection flush them first (audit_repo).
+  They change the number of statements, never what commits together.
 """
 
 from __future__ import annotations
