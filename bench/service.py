@@ -92,9 +92,11 @@ def signing_path(raw: dict[str, float], quick: bool) -> list[Result]:
 
             seconds, lat = run_concurrently(final, per_level, level)
             ok = rate(per_level, seconds)
+            added = (percentile(lat, 0.5) - 1 / raw["secp256k1"]) * 1e3
+            goal, met = ((">= 25% of raw", ok >= 0.25 * raw["secp256k1"]) if level == 8 else
+                         ("added p50 <= 10 ms", added <= 10) if level == 1 else ("", None))
             results.append(Result(f"mint authorizations/s via HTTP, concurrency {level}", ok, "op/s",
-                                  raw["secp256k1"], "raw secp256k1 sign/s", goal=">= 25% of raw",
-                                  met=ok >= 0.25 * raw["secp256k1"],
+                                  raw["secp256k1"], "raw secp256k1 sign/s", goal=goal, met=met,
                                   extra={"p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
                                          "added_p50_ms": (percentile(lat, 0.5) - 1 / raw["secp256k1"]) * 1e3}))
         # the mint flow: request, two approvals, authorization, 50 concurrent flows
@@ -108,6 +110,7 @@ def signing_path(raw: dict[str, float], quick: bool) -> list[Result]:
         seconds, lat = run_concurrently(flow, flows, 50)
         p99 = percentile(lat, 0.99) * 1e3
         results.append(Result("mint flows/s (request + 2 approvals + authorization), 50 concurrent",
-                              rate(flows, seconds), "flow/s", goal="p99 < 50 ms", met=p99 < 50,
+                              rate(flows, seconds), "flow/s", goal=">= 100 flows/s, p99 < 1 s",
+                              met=rate(flows, seconds) >= 100 and p99 < 1000,
                               extra={"p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": p99}))
     return results

@@ -118,6 +118,7 @@ class Refuse:
 @dataclass(frozen=True)
 class Sign:
     quorum: Quorum
+    entry: int = -1  # set by the shell once persisted: the index of the audit entry that records the reservation
 
 
 Decision = Stored | InFlight | Closed | Pending | Refuse | Sign

@@ -78,14 +78,23 @@ class AuditLog:
     def verifier_key(self) -> str:
         return notes.verifier_key(self.app.settings.audit_origin, self.app.audit_signer.point)
 
-    def checkpoint(self) -> str:
+    def checkpoint(self, at_least: int = 0) -> str:
         """Sign a checkpoint of the whole log, as recomputed from the stored entries; returns the note.
 
         Under the deployment's state lock: cover() moves the token's checkpoint head to the tree first, then
         the note of that tree is signed and stored. So the HSM never signs a smaller tree, nor two roots for one
         size (a crash after the head moved signs the same tree again: Ed25519 is deterministic, so the note is
-        the same)."""
+        the same).
+
+        `at_least`: the caller needs a note covering that many entries; when the token's head already covers
+        them and its note is stored (another caller signed it meanwhile), that note is returned and nothing more
+        is signed: concurrent signers share checkpoints."""
         with self.app.token.exclusive() as before:
+            if at_least and before.checkpoint is not None and before.checkpoint.size >= at_least:
+                with self.app.db.read() as conn:
+                    shared = audit_repo.checkpoint_at(conn, before.checkpoint.size)
+                if shared is not None and self._vouches(shared.note, before.checkpoint.size, before.checkpoint.root):
+                    return shared.note
             size, root = self.cover()
             if before.checkpoint is not None and before.checkpoint.size == size:  # nothing new: the stored note
                 with self.app.db.read() as conn:
@@ -94,14 +103,20 @@ class AuditLog:
                     return stored.note
             return self._note_of(size, root)
 
-    def cover(self) -> tuple[int, bytes]:
+    def cover(self, at_least: int = 0) -> tuple[int, bytes]:
         """Move the token's checkpoint head to the whole stored log (size, root), without signing a note.
 
         The tree is rebuilt from the entries' text (never a stored hash or root) and checked to contain the tree
         of the last checkpoint the token vouches for (RollbackDetected otherwise: entries deleted or rewritten).
         Once the head covers an entry, a log cut back or rewritten behind it is refused everywhere; the note of
-        a covered size can be signed at any later time (latest_note, the next checkpoint)."""
+        a covered size can be signed at any later time (latest_note, the next checkpoint).
+
+        `at_least`: when the token's head already covers that many entries (another caller moved it since), the
+        head stays as it is and the log is not read again: the caller's entry is covered, and any later cut is
+        caught by the next check. Concurrent signers share one advance."""
         with self.app.token.exclusive() as current:
+            if at_least and current.checkpoint is not None and current.checkpoint.size >= at_least:
+                return current.checkpoint.size, current.checkpoint.root
             with self.app.db.read() as conn, self.app.audit_tree_lock:
                 tree = self._verified_tree(conn, current.checkpoint)
             size, root = len(tree), tree.root_of(len(tree))

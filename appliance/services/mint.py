@@ -385,18 +385,18 @@ class MintService:
                 mint_repo.reserve(conn, request, request.digest, signer, now)
         except sa_exc.IntegrityError:
             return md.InFlight(now)  # another caller reserved it first (the unique constraints): theirs to sign
-        self.audit.record(conn, actor="appliance", action="mint.authorization.reserved", subject=request.id,
-                          details={"digest": request.digest, "nonce": request.nonce, "amount": request.amount,
-                                   "reserved_at": now, "quorum": decision.quorum.to_json(), "signer": signer},
-                          policy_hash=policies.active.hash)
-        return decision
+        entry = self.audit.record(conn, actor="appliance", action="mint.authorization.reserved", subject=request.id,
+                                  details={"digest": request.digest, "nonce": request.nonce, "amount": request.amount,
+                                           "reserved_at": now, "quorum": decision.quorum.to_json(),
+                                           "signer": signer}, policy_hash=policies.active.hash)
+        return replace(decision, entry=entry)
 
     def _act(self, request_id: str, decision: md.Decision, request: MintRequest | None = None
              ) -> dict[str, Any] | None:
         """After the decision committed: sign (Sign), answer a stored one (Stored), refuse (Refuse: 409 when the
         nonce is taken, 422 otherwise), cover a veto with a checkpoint; None when there is nothing to return."""
         if isinstance(decision, md.Sign):
-            return self._sign(request_id, request)
+            return self._sign(request_id, request, decision.entry)
         if isinstance(decision, md.Stored):
             metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
             return self._stored_authorization(request_id)
@@ -431,7 +431,7 @@ class MintService:
             raise
         return self._act(request_id, decision, request)
 
-    def _sign(self, request_id: str, request: MintRequest | None = None) -> dict[str, Any]:
+    def _sign(self, request_id: str, request: MintRequest | None = None, entry: int = -1) -> dict[str, Any]:
         """Sign a reserved authorization and store the signature; returns the authorization object. `request`:
         the request as the decision that has just reserved it in a committed transaction read it (otherwise the
         request and its reservation are read again: a takeover, or a late original signer)."""
@@ -447,7 +447,7 @@ class MintService:
             raise PolicyViolation("the reserved digest does not match the request")
         # The token's checkpoint head moves over the reservation's audit entry before the HSM signs: fail closed,
         # and a log rolled back or rewritten behind the token stops minting (503). Its note is signed below.
-        self.audit.cover()
+        self.audit.cover(at_least=entry + 1)
         try:
             signature = "0x" + self.app.mint_signer.sign_eth_digest(bytes.fromhex(digest[2:])).hex()
         except ApplianceError:
@@ -455,12 +455,13 @@ class MintService:
             metrics.MINT_AUTHORIZATIONS.labels("hsm-error").inc()
             raise
         metrics.SIGNATURES.labels("mint", "ok").inc()
-        stored_now = self.app.db.write(lambda conn: self._store_signature(conn, request, digest, signature),
-                                       "mint-store")
+        signed_entry = self.app.db.write(lambda conn: self._store_signature(conn, request, digest, signature),
+                                         "mint-store")
+        stored_now = signed_entry is not None
         if stored_now:
             metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
         try:
-            self.audit.checkpoint()
+            self.audit.checkpoint(at_least=0 if signed_entry is None else signed_entry + 1)
         except ApplianceError:
             pass  # the periodic checkpoint will cover it; the authorization itself is durable
         if stored_now:
@@ -470,14 +471,14 @@ class MintService:
             raise Conflict(f"the authorization of request {request_id} was withdrawn while it was being signed")
         return stored
 
-    def _store_signature(self, conn: Connection, request: MintRequest, digest: str, signature: str) -> bool:
+    def _store_signature(self, conn: Connection, request: MintRequest, digest: str, signature: str) -> int | None:
+        """Store the signature; the index of its audit entry, or None when another caller stored one first."""
         now = self.app.now()
         if not mint_repo.store_signature(conn, request.id, digest, signature, now):
-            return False  # a recovering caller stored its signature first: that one is the authorization
+            return None  # a recovering caller stored its signature first: that one is the authorization
         mint_repo.close(conn, request.id, "authorized", "appliance", now)
-        self.audit.record(conn, actor="appliance", action="mint.authorization.signed", subject=request.id,
-                          details={"digest": digest, "signature": signature}, policy_hash=request.policy_hash)
-        return True
+        return self.audit.record(conn, actor="appliance", action="mint.authorization.signed", subject=request.id,
+                                 details={"digest": digest, "signature": signature}, policy_hash=request.policy_hash)
 
     def authorization(self, request_id: str) -> dict[str, Any]:
         """The stored authorization; completes a reservation left unsigned by an earlier failure, or a pending
