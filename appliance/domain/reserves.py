@@ -516,23 +516,15 @@ def check_supply_chains(supply: SupplySnapshot, configured: Mapping[int, str], s
                            "problem(s))", problems)
 
 
-def check_consistency(report: ReserveReport, supply: SupplySnapshot, token_currency: str | None = None, *,
-                      tolerance_seconds: int | None = None, currency: str | None = None,
-                      max_skew_seconds: int | None = None) -> None:
+def check_consistency(report: ReserveReport, supply: SupplySnapshot, token_currency: str, *,
+                      tolerance_seconds: int) -> None:
     """The report is in the token's currency and describes (nearly) the same instant as the supply snapshot.
 
     token_currency: the currency the token is backed by (configuration). tolerance_seconds: the largest
-    accepted distance between the two as_of times (inclusive). `currency` and `max_skew_seconds` are the older
-    spellings of the same two parameters, kept so existing callers keep working; give one of each pair.
-    Raises InvalidInput listing both problems when both hold.
+    accepted distance between the two as_of times (inclusive). Raises InvalidInput listing both problems when
+    both hold.
     """
-    if (token_currency is None) == (currency is None):
-        raise TypeError("give the token currency once: token_currency (or its old name currency)")
-    if (tolerance_seconds is None) == (max_skew_seconds is None):
-        raise TypeError("give the tolerance once: tolerance_seconds (or its old name max_skew_seconds)")
-    expected = token_currency if token_currency is not None else currency
-    tolerance = tolerance_seconds if tolerance_seconds is not None else max_skew_seconds
-    assert expected is not None and tolerance is not None
+    expected, tolerance = token_currency, tolerance_seconds
     if tolerance < 0:
         raise ValueError("the tolerance cannot be negative")
     problems = []

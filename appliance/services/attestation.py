@@ -138,7 +138,7 @@ class AttestationService:
         if report is None or supply is None:
             raise InvalidInput(f"the inputs have {len(problems)} problem(s)", problems)
         settings = self.app.settings
-        reserves.check_consistency(report, supply, currency=settings.currency, max_skew_seconds=AS_OF_SKEW_SECONDS)
+        reserves.check_consistency(report, supply, settings.currency, tolerance_seconds=AS_OF_SKEW_SECONDS)
         reserves.check_supply_chains(supply, {c.chain_id: c.verifying_contract for c in settings.chains})
         now = self.app.now()
         stamp = utc(datetime.fromtimestamp(now, UTC))

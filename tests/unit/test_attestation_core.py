@@ -97,7 +97,7 @@ def test_currency_and_time_must_match() -> None:
     r = reserves.parse_reserve_report(report(["1"]))
     s = reserves.parse_supply_snapshot(supply("1", as_of="2026-11-26T16:00:00Z"))
     with pytest.raises(InvalidInput) as caught:
-        reserves.check_consistency(r, s, currency="CNH", max_skew_seconds=3600)
+        reserves.check_consistency(r, s, "CNH", tolerance_seconds=3600)
     assert len(caught.value.problems) == 2
 
 

@@ -328,14 +328,11 @@ def test_currency_and_time_must_match_and_both_problems_are_reported() -> None:
     reserves.check_consistency(r, reserves.parse_supply_snapshot(data), "HKD", tolerance_seconds=0)
 
 
-def test_consistency_accepts_the_older_keyword_names_once() -> None:
+def test_consistency_needs_the_tolerance_by_name() -> None:
     r = reserves.parse_reserve_report(report())
     s = reserves.parse_supply_snapshot(supply())
-    reserves.check_consistency(r, s, currency="HKD", max_skew_seconds=0)
     with pytest.raises(TypeError):
-        reserves.check_consistency(r, s, "HKD", currency="HKD", tolerance_seconds=0)
-    with pytest.raises(TypeError):
-        reserves.check_consistency(r, s, "HKD")
+        reserves.check_consistency(r, s, "HKD")  # type: ignore[call-arg]
 
 
 # -- the supply snapshot against the configured chains ---------------------------------------------------------
