@@ -32,7 +32,9 @@ DEV_OPERATORS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("erin", ("security-admin",), "Ed25519"),
     ("frank", ("security-admin",), "P-256"),
     ("grace", ("auditor",), "Ed25519"),
+    ("heidi", ("custodian",), "P-256"),
 )
+DEV_CUSTODIAN = "heidi"
 MILLION_TOKENS = str(1_000_000 * 10**6)  # base units at 6 decimals
 
 
@@ -141,8 +143,10 @@ def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin:
     keys_dir.mkdir(exist_ok=True)
     operators_toml: list[dict[str, Any]] = []
     summary: list[dict[str, Any]] = []
+    custodian_key = None
     for name, roles, kind in DEV_OPERATORS:
         key = _operator_key(kind)
+        custodian_key = key if name == DEV_CUSTODIAN else custodian_key
         path = keys_dir / f"{name}.pem"
         _write_secret(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()).decode("ascii"))
@@ -156,7 +160,7 @@ def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin:
     (directory / "policy.toml").write_text(POLICY_HEADER + tomli_w.dumps(dev_policy(allowlist)), encoding="utf-8")
     for sub in ("reports", "data"):
         (directory / sub).mkdir(exist_ok=True)
-    write_example_reports(directory / "reports", contract)
+    write_example_reports(directory / "reports", contract, custodian_key)
     config = {
         "hsm": {"module": _softhsm_module(), "token_label": token, "pin_file": "hsm-pin",
                 "softhsm2_conf": str(softhsm_conf)},
@@ -181,9 +185,14 @@ def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin:
                           operators=summary)
 
 
-def write_example_reports(directory: Path, contract: str, as_of: str = "2026-11-24T16:00:00Z") -> None:
-    """Example custodian report, supply snapshot and holder balances, consistent with each other."""
+def write_example_reports(directory: Path, contract: str, custodian_key: Any = None,
+                          as_of: str = "2026-11-24T16:00:00Z") -> None:
+    """Example custodian report, supply snapshot and holder balances, consistent with each other; with the
+    custodian's key also the signed report (reserves.jws) an auditor attests from."""
     import json
+
+    from appliance.operator import sign_reserve_report
+    from appliance.signing import SoftwareSigner
 
     reserves = {
         "as_of": as_of, "currency": "HKD", "decimals": 2,
@@ -203,6 +212,9 @@ def write_example_reports(directory: Path, contract: str, as_of: str = "2026-11-
     holders = "account,balance\n" + "".join(f"holder-{i:04d},{b}\n" for i, b in enumerate(
         (400000000000000, 300000000000000, 150000000000000, 99999000000000, 1000000000)))
     (directory / "reserves.json").write_text(json.dumps(reserves, indent=2) + "\n", encoding="utf-8")
+    if custodian_key is not None:
+        signed = sign_reserve_report(SoftwareSigner.for_key(custodian_key), reserves)
+        (directory / "reserves.jws").write_text(signed + "\n", encoding="ascii")
     (directory / "supply.json").write_text(json.dumps(supply, indent=2) + "\n", encoding="utf-8")
     (directory / "holders.csv").write_text(holders, encoding="utf-8")
 

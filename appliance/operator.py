@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from appliance.client import new_jti
 from appliance.domain import jose
-from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, dumps
+from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, TYP_RESERVE_REPORT, dumps
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
 from appliance.errors import ApplianceError, ConfigError, VerificationFailed
 from appliance.signing import SoftwareSigner
@@ -109,3 +109,8 @@ def check_proposal(policy: dict[str, Any], proposal: dict[str, Any]) -> dict[str
     if not signed.hash == listed.hash == proposal.get("hash"):
         raise VerificationFailed("the bundle the service lists is not the one its proposer signed: refusing to vote")
     return signed.to_json()
+
+
+def sign_reserve_report(signer: SoftwareSigner, report: dict[str, Any], now: int | None = None) -> str:
+    """A custodian's signature over their reserve report: the JWS an auditor's attestation request carries."""
+    return sign_request(signer, TYP_RESERVE_REPORT, report, now)

@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from appliance.client import Client
-from appliance.operator import load_key, sign_request
+from appliance.operator import load_key, sign_request, sign_reserve_report
 from appliance.services import auth
 from bench.common import DevService, Result, dev_service, percentile, rate, run_concurrently
 
@@ -27,7 +27,7 @@ def _roomy_policy(directory: Path) -> None:
 
 class Officers:
     def __init__(self, svc: DevService) -> None:
-        self.signers = {n: load_key(svc.key(n)) for n in ("alice", "bob", "carol", "grace")}
+        self.signers = {n: load_key(svc.key(n)) for n in ("alice", "bob", "carol", "grace", "heidi")}
         self.to = svc.dev["allowlist"][0]
         self.chain = svc.dev["chain_id"]
 
@@ -69,7 +69,8 @@ def signing_path(raw: dict[str, float], quick: bool) -> list[Result]:
         def attest(i: int) -> None:
             reserves, supply = inputs[i]
             jws = sign_request(officers.signers["grace"], auth.TYP_ATTESTATION_REQUEST,
-                               {"reserves": reserves, "supply": supply, "holders_csv": None})
+                               {"reserves": sign_reserve_report(officers.signers["heidi"], reserves), "supply": supply,
+                                "holders_csv": None})
             client.post("/v1/attestations", {"jws": jws})
 
         seconds, lat = run_concurrently(attest, per_level, 1)

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from appliance import config
 from appliance.api import create_app
 from appliance.domain import jose
+from appliance.domain.messages import TYP_RESERVE_REPORT
 from appliance.operator import load_key
 from appliance.services import auth, context
 from appliance.services.context import Appliance
@@ -62,6 +63,10 @@ class Harness:
                 "jti": jti or secrets.token_urlsafe(24)}
         head = {"alg": signer.alg, "kid": signer.key_id, "typ": typ, **(header or {})}
         return jose.sign_compact(head, json.dumps(body).encode(), signer.sign)
+
+    def report(self, reserves: Any, custodian: str = "heidi") -> str:
+        """The reserve report as its custodian signs it (what an attestation request carries)."""
+        return self.jws(custodian, TYP_RESERVE_REPORT, reserves)
 
     # -- mint flow ------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`appliance attest`, `appliance attestations fetch` and `appliance liabilities proof`."""
+"""`appliance reserves sign`, `appliance attest`, `appliance attestations fetch` and `appliance liabilities proof`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from appliance.commands import url_option
 from appliance.domain import messages
 from appliance.domain.canonical import parse_json_strict
 from appliance.errors import InvalidInput
-from appliance.operator import check_enrolled, load_key, sign_request
+from appliance.operator import check_enrolled, load_key, sign_request, sign_reserve_report
 
 
 def _json_file(path: Path) -> Any:
@@ -26,11 +26,53 @@ def _json_file(path: Path) -> Any:
         raise click.ClickException("; ".join(str(p) for p in exc.problems) or f"{path}: {exc}") from exc
 
 
+def _report_jws(path: Path) -> str:
+    """The custodian's signed report from `path` (what `appliance reserves sign` wrote)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path} is not a compact JWS: sign the report with `appliance reserves "
+                                   "sign` first") from exc
+    if text.startswith("{"):
+        raise click.ClickException(f"{path} is the report's JSON: a custodian signs it first, with `appliance "
+                                   "reserves sign`")
+    return text
+
+
+@click.group("reserves")
+def reserves() -> None:
+    """Custodians' reserve reports."""
+
+
+@reserves.command("sign")
+@click.argument("report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--operator", required=True, help="an enrolled custodian")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="write the signed report (a compact JWS) here")
+@url_option
+@click.pass_context
+def sign_report(ctx: click.Context, report_file: Path, operator: str, key: str, out: Path) -> None:
+    """Sign REPORT_FILE (the reserve report's JSON) as custodian OPERATOR, for an auditor to attest from."""
+    signer = load_key(key)
+    enrolled = check_enrolled(signer, operator, Client(ctx.obj.url()).policy())
+    if "custodian" not in enrolled.get("roles", []):
+        raise click.ClickException(f"{operator} is not enrolled as a custodian")
+    report = _json_file(report_file)
+    if not isinstance(report, dict):
+        raise click.ClickException(f"{report_file}: a reserve report is a JSON object")
+    out.write_text(sign_reserve_report(signer, report) + "\n", encoding="ascii")
+    click.echo(f"reserve report as of {report.get('as_of')} signed by {operator}: {out}")
+
+
 @click.command("attest")
 @click.option("--operator", required=True, help="an auditor operator")
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--reserves", "reserves_file", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the custodian's signed reserve report (from `appliance reserves sign`)")
 @click.option("--supply", "supply_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--holders", "holders_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV account,balance for the proof of liabilities")
@@ -44,7 +86,7 @@ def attest(ctx: click.Context, operator: str, key: str, reserves_file: Path, sup
     client = Client(ctx.obj.url(), timeout=300)
     signer = load_key(key)
     check_enrolled(signer, operator, client.policy())
-    payload = {"reserves": _json_file(reserves_file), "supply": _json_file(supply_file),
+    payload = {"reserves": _report_jws(reserves_file), "supply": _json_file(supply_file),
                "holders_csv": holders_file.read_text(encoding="utf-8") if holders_file else None}
     result = client.post("/v1/attestations", {"jws": sign_request(signer, messages.TYP_ATTESTATION_REQUEST, payload)})
     if out is not None:

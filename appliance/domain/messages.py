@@ -11,6 +11,7 @@ TYP_MINT_REQUEST = "mint-request+jws"
 TYP_MINT_APPROVAL = "mint-approval+jws"
 TYP_MINT_CANCEL = "mint-cancel+jws"
 TYP_ATTESTATION_REQUEST = "attestation-request+jws"
+TYP_RESERVE_REPORT = "reserve-report+jws"  # a custodian's signed reserve report (the payload is the report)
 TYP_POLICY_PROPOSAL = "policy-proposal+jws"
 TYP_POLICY_APPROVAL = "policy-approval+jws"
 

@@ -22,9 +22,10 @@ from appliance.domain.eip712 import to_checksum_address
 from appliance.domain.jose import thumbprint
 from appliance.errors import InvalidInput, PolicyViolation, Problem
 
-ROLES = frozenset({"treasury", "cfo", "security-admin", "auditor"})
+ROLES = frozenset({"treasury", "cfo", "security-admin", "auditor", "custodian"})
+RESERVE_REPORTER_ROLE = "custodian"  # signs the reserve reports an attestation is made from
 # Roles appear in this order in JSON and text, so the normalized form never depends on a file's list order.
-ROLE_ORDER = ("treasury", "cfo", "security-admin", "auditor")
+ROLE_ORDER = ("treasury", "cfo", "security-admin", "auditor", "custodian")
 MAX_AMOUNT = 2**256 - 1  # amounts are uint256 on chain
 MAX_INTEGER = 2**53 - 1  # counts, durations, chain ids: the largest integer exact in (canonical) JSON
 # Used only when the reserve guard is disabled and the file leaves the age out; an enabled guard must name it.

@@ -9,6 +9,7 @@ attestation. The same `as_of` with the same figures returns the stored attestati
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,10 +22,11 @@ from sqlalchemy import exc as sa_exc
 from appliance import metrics
 from appliance.domain import attestation as att
 from appliance.domain import checkpoint as notes
-from appliance.domain import heads, reserves
+from appliance.domain import heads, jose, reserves
 from appliance.domain.canonical import canonical_json
 from appliance.domain.jose import parse_compact
 from appliance.domain.liabilities import LiabilityTree
+from appliance.domain.policy import RESERVE_REPORTER_ROLE
 from appliance.domain.rfc3339 import parse_utc, utc
 from appliance.errors import ApplianceError, ConfigError, Conflict, InvalidInput, NotFound, PolicyViolation, Problem
 from appliance.services import auth
@@ -36,6 +38,7 @@ from appliance.store import attestation_repo, audit_repo
 
 TYP = "reserve-attestation+jws"
 REQUESTER_ROLES = frozenset({"auditor"})  # not treasury: those who mint do not attest to the reserves
+CUSTODIAN_ROLES = frozenset({RESERVE_REPORTER_ROLE})  # who vouches for the reserve figures
 
 
 class AttestationInFlight(Conflict):
@@ -109,19 +112,47 @@ class AttestationService:
         return self.attest(payload.get("reserves"), payload.get("supply"), holders, requested_by=who.operator.name,
                            trigger="api", token=who)
 
-    def attest(self, reserves_data: Any, supply_data: Any, holders_csv: str | None, *, requested_by: str,
+    def attest(self, reserves_jws: Any, supply_data: Any, holders_csv: str | None, *, requested_by: str,
                trigger: str, token: auth.Authenticated | None = None) -> dict[str, Any]:
         """Validate the inputs, then reserve, sign and store the next attestation; returns {"seq", "jws", ...}.
 
-        `token` is the operator's request, whose jti is consumed in the same transaction as the reservation.
+        `reserves_jws` is a custodian's signed reserve report (see `custodian_report`). `token` is the
+        operator's request, whose jti is consumed in the same transaction as the reservation.
         """
         try:
+            reserves_data = self.custodian_report(reserves_jws)
             result = self._attest(reserves_data, supply_data, holders_csv, requested_by, token)
         except ApplianceError:
             metrics.ATTESTATIONS.labels(trigger, "refused").inc()
             raise
         metrics.ATTESTATIONS.labels(trigger, "signed" if result["created"] else "existing").inc()
         return result
+
+    def custodian_report(self, reserves_jws: Any) -> dict[str, Any]:
+        """The reserve report a custodian signed: a compact JWS of type reserve-report+jws whose payload is the
+        report (iat and jti, which operator tools add, are dropped), verifying under the key of an enabled
+        operator with the custodian role in the active bundle. The report's evidence gains one entry naming the
+        custodian and their key (RFC 7638 thumbprint) with the SHA-256 of the report's RFC 8785 form: the
+        attestation commits to who vouched for which figures, and the same report signed again (a retry) gives
+        the same attestation.
+
+        Neither those who mint (treasury) nor the auditor who asks, nor whoever writes the database or the
+        inbox, can invent the reserve figures the HSM signs."""
+        if isinstance(reserves_jws, dict):
+            raise InvalidInput("the reserve report must be signed by a custodian", [Problem(
+                "reserves", f"give the custodian's compact JWS of type {auth.TYP_RESERVE_REPORT!r} (`appliance "
+                            "reserves sign`), not the report's JSON")])
+        operator, payload = auth.verify_statement(reserves_jws, self.policies.active().bundle,
+                                                  typ=auth.TYP_RESERVE_REPORT, roles=CUSTODIAN_ROLES,
+                                                  location="reserves")
+        report = {k: v for k, v in payload.items() if k not in ("iat", "jti")}
+        evidence = report.get("evidence", [])
+        if isinstance(evidence, list):  # anything else is refused, located, by the report's parser
+            key = jose.thumbprint(operator.jwk)
+            signed = {"name": f"reserve report signed by custodian {operator.name} (key {key})",
+                      "sha256": hashlib.sha256(canonical_json(report)).hexdigest()}
+            report["evidence"] = [*evidence, signed]
+        return report
 
     def _attest(self, reserves_data: Any, supply_data: Any, holders_csv: str | None, requested_by: str,
                 token: auth.Authenticated | None) -> dict[str, Any]:
@@ -363,9 +394,10 @@ def _parse_utc(text: str) -> datetime:
 
 
 def read_input(path: Path) -> Path:
-    """A file, or the newest *.json (or *.csv) in a directory: how the scheduler finds its inbox."""
+    """A file, or the newest *.jws, *.json or *.csv in a directory: how the scheduler finds its inbox (the
+    custodian's signed report is a .jws, the supply snapshot a .json, the holder balances a .csv)."""
     if path.is_dir():
-        candidates = sorted(p for p in path.iterdir() if p.suffix in (".json", ".csv") and p.is_file())
+        candidates = sorted(p for p in path.iterdir() if p.suffix in (".jws", ".json", ".csv") and p.is_file())
         if not candidates:
             raise NotFound(f"no input files in {path}")
         return max(candidates, key=lambda p: (p.stat().st_mtime, p.name))

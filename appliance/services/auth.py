@@ -25,6 +25,7 @@ from appliance.domain.messages import TYP_MINT_CANCEL as TYP_MINT_CANCEL
 from appliance.domain.messages import TYP_MINT_REQUEST as TYP_MINT_REQUEST
 from appliance.domain.messages import TYP_POLICY_APPROVAL as TYP_POLICY_APPROVAL
 from appliance.domain.messages import TYP_POLICY_PROPOSAL as TYP_POLICY_PROPOSAL
+from appliance.domain.messages import TYP_RESERVE_REPORT as TYP_RESERVE_REPORT
 from appliance.domain.messages import dumps as dumps
 from appliance.domain.policy import Operator, PolicyBundle
 from appliance.errors import ApplianceError, Conflict, Forbidden, InvalidInput, Unauthenticated
@@ -73,11 +74,23 @@ def authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozen
         raise
 
 
-def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
-                  now: int) -> Authenticated:
+def verify_statement(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
+                     location: str) -> tuple[Operator, dict[str, Any]]:
+    """A signed statement (not a request: no freshness or replay checks), such as a custodian's reserve report:
+    of type `typ`, verifying under the key of an enabled operator of `bundle` holding one of `roles`. Returns
+    (operator, payload); raises InvalidInput, Unauthenticated or Forbidden naming `location`."""
+    try:
+        return _signed_by_operator(token, bundle, typ=typ, roles=roles, location=location)
+    except Unauthenticated as exc:
+        metrics.AUTH_FAILURES.labels(_reason_label(exc.detail)).inc()
+        raise
+
+
+def _signed_by_operator(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
+                        location: str) -> tuple[Operator, dict[str, Any]]:
     if not isinstance(token, str) or token.count(".") != 2:
-        raise InvalidInput("`jws` must be a compact JWS string")
-    parsed = jose.parse_compact(token, "jws")
+        raise InvalidInput(f"`{location}` must be a compact JWS string")
+    parsed = jose.parse_compact(token, location)
     if parsed.header.get("typ") != typ:
         raise Unauthenticated(f"the JWS `typ` must be {typ!r} for this operation")
     operator = _operator_for_kid(bundle, parsed.header.get("kid"))
@@ -89,9 +102,16 @@ def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: froze
         raise Forbidden(f"operator {operator.name} is disabled")
     if roles and not (operator.roles & roles):
         raise Forbidden(f"operator {operator.name} lacks a required role ({', '.join(sorted(roles))})")
-    payload = parse_json_strict(parsed.payload, "jws.payload")
+    payload = parse_json_strict(parsed.payload, f"{location}.payload")
     if not isinstance(payload, dict):
-        raise InvalidInput("the JWS payload must be a JSON object")
+        raise InvalidInput(f"the payload of `{location}` must be a JSON object")
+    return operator, payload
+
+
+def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
+                  now: int) -> Authenticated:
+    operator, payload = _signed_by_operator(token, bundle, typ=typ, roles=roles, location="jws")
+    assert isinstance(token, str)  # noqa: S101 - checked by _signed_by_operator
     iat, jti = payload.get("iat"), payload.get("jti")
     if isinstance(iat, bool) or not isinstance(iat, int):
         raise InvalidInput("jws.payload.iat must be an integer (Unix seconds)")

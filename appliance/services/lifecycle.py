@@ -57,7 +57,7 @@ def scheduled_attestation(app: Appliance) -> dict[str, object] | None:
     service = registry.of(app).attestations
     try:
         reserves_path, supply_path = read_input(schedule.reserves), read_input(schedule.supply)
-        report = parse_json_strict(reserves_path.read_bytes(), reserves_path.name)
+        report = reserves_path.read_text(encoding="ascii").strip()  # the custodian's signed report (a JWS)
         supply = parse_json_strict(supply_path.read_bytes(), supply_path.name)
         holders = read_input(schedule.holders).read_text(encoding="utf-8") if schedule.holders else None
         return service.attest(report, supply, holders, requested_by="scheduler", trigger="schedule")

@@ -303,6 +303,35 @@ def test_the_reserve_guard_reads_the_signed_attestation_not_the_tables_columns(
     assert hsm_signs["mint"] == 0
 
 
+def test_invented_reserve_figures_are_never_attested(h: Harness, attacker: Engine,
+                                                     hsm_signs: Counter[str]) -> None:
+    """T2 (the auditor, or a treasury officer) and T1+T2 inventing the reserves: only a custodian's signature
+    over the report makes the HSM attest, and the attestation names that signature in its evidence."""
+    from tests.integration.test_attestations import inputs
+
+    reserves, supply, _ = inputs(h)
+    invented = {**reserves, "holdings": [{**reserves["holdings"][0], "amount": str(10**20)}]}
+
+    def ask(by: str, report: Any) -> Any:
+        h.clock.now = max(h.clock.now, 1764000060)  # past the reports' as_of
+        token = h.jws(by, auth.TYP_ATTESTATION_REQUEST, {"reserves": report, "supply": supply, "holders_csv": None})
+        return h.client.post("/v1/attestations", json={"jws": token})
+
+    assert ask("grace", invented).status_code == 400  # the report's JSON, unsigned
+    assert ask("grace", h.report(invented, custodian="grace")).status_code == 403  # signed by the auditor herself
+    assert ask("bob", h.report(invented, custodian="bob")).status_code == 403  # treasury neither asks nor vouches
+    assert ask("grace", h.report(invented, custodian="bob")).status_code == 403
+    forged = h.report(invented).rsplit(".", 1)[0] + "." + h.report(reserves).rsplit(".", 1)[1]
+    assert ask("grace", forged).status_code == 401  # another report's signature
+    wrong_type = h.jws("heidi", auth.TYP_ATTESTATION_REQUEST, invented)
+    assert ask("grace", wrong_type).status_code == 401  # the custodian's signature over something else
+    # T1 disables nothing and enrols nobody: an operators row edited to make grace a custodian is not believed
+    sql(attacker, "UPDATE policy_bundles SET bundle = replace(bundle, '\"auditor\"', '\"custodian\"') "
+                  "WHERE status = 'active'")
+    refused(ask("grace", h.report(invented, custodian="grace")))
+    assert hsm_signs["attestation"] == 0
+
+
 # -- policy proposals ---------------------------------------------------------------------------------------
 
 def _disable(operators: dict[str, Any], name: str) -> dict[str, Any]:

@@ -5,7 +5,9 @@ Each subprocess is a fresh process with its own SoftHSM2 token directory from de
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 import os
 import socket
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
@@ -89,7 +92,8 @@ def test_dev_init_summary_has_the_documented_shape(service: Service) -> None:
     assert Path(dev["config"]).is_absolute() and Path(dev["config"]).exists()
     roles = {op["name"]: op["roles"] for op in dev["operators"]}
     assert roles == {"alice": ["treasury"], "bob": ["treasury"], "carol": ["treasury"], "dave": ["cfo"],
-                     "erin": ["security-admin"], "frank": ["security-admin"], "grace": ["auditor"]}
+                     "erin": ["security-admin"], "frank": ["security-admin"], "grace": ["auditor"],
+                     "heidi": ["custodian"]}
     assert all(Path(op["key"]).exists() for op in dev["operators"])
 
 
@@ -135,7 +139,7 @@ def test_an_attestation_through_the_cli_verifies_offline_with_the_holder_proof(s
                                                                                tmp_path: Path) -> None:
     reports = service.directory / "reports"
     out = json.loads(service.cli("attest", "--operator", "grace", "--key", service.key("grace"),
-                                 "--reserves", str(reports / "reserves.json"), "--supply",
+                                 "--reserves", str(reports / "reserves.jws"), "--supply",
                                  str(reports / "supply.json"), "--holders", str(reports / "holders.csv"),
                                  "--json").stdout)
     assert out["seq"] == 1 and out["jws"].count(".") == 2
@@ -155,11 +159,37 @@ def test_an_attestation_through_the_cli_verifies_offline_with_the_holder_proof(s
     (evidence / "1.jws").write_text(out["jws"][:-4] + ("AAAA" if not out["jws"].endswith("AAAA") else "BBBB"))
     tampered = service.cli("verify", "attestation", str(evidence / "1.jws"), "--jwks", jwks, check=False)
     assert tampered.returncode == 1 and "INVALID" in tampered.stderr
+    payload = json.loads(base64.urlsafe_b64decode(out["jws"].split(".")[1] + "=="))
+    vouched = [e for e in payload["evidence"] if e["name"].startswith("reserve report signed by custodian heidi (key ")]
+    report = json.loads((reports / "reserves.json").read_text())
+    assert vouched == [{"name": vouched[0]["name"], "sha256": hashlib.sha256(rfc8785.dumps(report)).hexdigest()}]
     dup = tmp_path / "dup.json"
     dup.write_text('{"as_of": "2026-11-24T16:00:00Z", "as_of": "2026-11-25T16:00:00Z"}')
-    refused = service.cli("attest", "--operator", "grace", "--key", service.key("grace"), "--reserves", str(dup),
-                          "--supply", str(reports / "supply.json"), check=False)
+    refused = service.cli("reserves", "sign", str(dup), "--operator", "heidi", "--key", service.key("heidi"),
+                          "--out", str(tmp_path / "dup.jws"), check=False)
     assert refused.returncode != 0 and "duplicate" in refused.stderr and "Traceback" not in refused.stderr
+    unsigned = service.cli("attest", "--operator", "grace", "--key", service.key("grace"), "--reserves",
+                           str(reports / "reserves.json"), "--supply", str(reports / "supply.json"), check=False)
+    assert unsigned.returncode != 0 and "reserves sign" in unsigned.stderr and "Traceback" not in unsigned.stderr
+    not_custodian = service.cli("reserves", "sign", str(reports / "reserves.json"), "--operator", "grace", "--key",
+                                service.key("grace"), "--out", str(tmp_path / "g.jws"), check=False)
+    assert not_custodian.returncode != 0 and "not enrolled as a custodian" in not_custodian.stderr
+
+
+def test_a_custodian_signs_the_report_an_auditor_attests_from(service: Service, tmp_path: Path) -> None:
+    reports = service.directory / "reports"
+    report = json.loads((reports / "reserves.json").read_text())
+    report["as_of"] = "2026-11-25T16:00:00Z"
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    supply = json.loads((reports / "supply.json").read_text())
+    supply["as_of"] = "2026-11-25T16:00:00Z"
+    (tmp_path / "s.json").write_text(json.dumps(supply))
+    signed = service.cli("reserves", "sign", str(tmp_path / "r.json"), "--operator", "heidi", "--key",
+                         service.key("heidi"), "--out", str(tmp_path / "r.jws"))
+    assert "signed by heidi" in signed.stdout
+    out = json.loads(service.cli("attest", "--operator", "grace", "--key", service.key("grace"), "--reserves",
+                                 str(tmp_path / "r.jws"), "--supply", str(tmp_path / "s.json"), "--json").stdout)
+    assert out["jws"].count(".") == 2
 
 
 def test_commands_that_talk_to_the_service_take_url(service: Service, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from eth_utils.crypto import keccak
 from jwcrypto import jwk
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.operator import load_key, sign_reserve_report
 from tests.conftest import IN_CI
 from tests.e2e import test_cli
 from tests.e2e.test_cli import APPLIANCE, Service, free_port
@@ -314,6 +315,11 @@ def _reports(service: Service, directory: Path, as_of: str) -> tuple[str, str]:
     for name in ("reserves.json", "supply.json"):
         data = json.loads((service.directory / "reports" / name).read_text())
         data["as_of"] = as_of
+        if name == "reserves.json":  # as its custodian signs it
+            signed = sign_reserve_report(load_key(service.key("heidi")), data)
+            (directory / "reserves.jws").write_text(signed + "\n")
+            paths.append(str(directory / "reserves.jws"))
+            continue
         (directory / name).write_text(json.dumps(data, indent=2))
         paths.append(str(directory / name))
     return paths[0], paths[1]
@@ -350,7 +356,7 @@ def chain(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Chain:
     reports = service.directory / "reports"
     now = int(time.time())
     stamp = [datetime.fromtimestamp(now - s, UTC).strftime(TIME_FORMAT) for s in (7200, 5400, 3600)]
-    first = _attest(service, str(reports / "reserves.json"), str(reports / "supply.json"),
+    first = _attest(service, str(reports / "reserves.jws"), str(reports / "supply.json"),
                     "--holders", str(reports / "holders.csv"))
     assert first["seq"] == 1, "the chain must start in this module's own service"
     # The store as it is after seq 1, for a second service on the same token and keys: a forked history.

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from jwcrypto import jwk, jws
 
 from appliance import verify as offline
+from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.errors import VerificationFailed
 from appliance.services import auth
@@ -44,7 +45,8 @@ def attest(h: Harness, reserves: dict[str, Any], supply: dict[str, Any], holders
         except (KeyError, TypeError, ValueError):
             continue
         h.clock.now = max(h.clock.now, as_of + 60)
-    token = h.jws(by, auth.TYP_ATTESTATION_REQUEST, {"reserves": reserves, "supply": supply, "holders_csv": holders})
+    token = h.jws(by, auth.TYP_ATTESTATION_REQUEST,
+                  {"reserves": h.report(reserves), "supply": supply, "holders_csv": holders})
     return h.client.post("/v1/attestations", json={"jws": token})
 
 
@@ -215,7 +217,7 @@ def test_the_schedule_attests_and_counts_failures(h: Harness, tmp_path: Path) ->
 
     reports = h.directory / "reports"
     schedule = dataclasses.replace(h.app_ctx.settings.attestation_schedule, interval_minutes=60,
-                                   reserves=reports / "reserves.json", supply=reports / "supply.json",
+                                   reserves=reports / "reserves.jws", supply=reports / "supply.json",
                                    holders=None)
     h.app_ctx.settings = dataclasses.replace(h.app_ctx.settings, attestation_schedule=schedule)
     result = lifecycle.scheduled_attestation(h.app_ctx)
@@ -230,7 +232,11 @@ def test_the_schedule_attests_and_counts_failures(h: Harness, tmp_path: Path) ->
     assert lifecycle.scheduled_attestation(h.app_ctx) is None
     assert metric("appliance_attestations_total", trigger="schedule", outcome="failed") == before + 1
     assert len(h.client.get("/v1/attestations").get_json()["items"]) == 1
-    (inbox / "reserves.json").write_text('{"as_of": "2026-11-24T16:00:00Z", "as_of": "2026-11-25T16:00:00Z"}')
+    heidi = h.signer("heidi")
+    duplicated = jose.sign_compact({"alg": heidi.alg, "kid": heidi.key_id, "typ": auth.TYP_RESERVE_REPORT},
+                                   b'{"as_of": "2026-11-24T16:00:00Z", "as_of": "2026-11-25T16:00:00Z"}', heidi.sign)
+    (inbox / "reserves.json").unlink()
+    (inbox / "reserves.jws").write_text(duplicated)
     assert lifecycle.scheduled_attestation(h.app_ctx) is None  # duplicate keys: refused, not last-one-wins
     assert metric("appliance_attestations_total", trigger="schedule", outcome="failed") == before + 2
 
@@ -244,7 +250,7 @@ def test_the_schedule_leaves_an_in_flight_attestation_to_the_other_worker(h: Har
 
     reports = h.directory / "reports"
     schedule = dataclasses.replace(h.app_ctx.settings.attestation_schedule, interval_minutes=60,
-                                   reserves=reports / "reserves.json", supply=reports / "supply.json",
+                                   reserves=reports / "reserves.jws", supply=reports / "supply.json",
                                    holders=None)
     h.app_ctx.settings = dataclasses.replace(h.app_ctx.settings, attestation_schedule=schedule)
 
@@ -356,7 +362,7 @@ def test_an_as_of_in_the_future_is_refused(h: Harness) -> None:
     reserves, supply, _ = inputs(h)
     future = datetime.fromtimestamp(h.clock.now + 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     token = h.jws("grace", auth.TYP_ATTESTATION_REQUEST,
-                  {"reserves": later(reserves, future), "supply": later(supply, future), "holders_csv": None})
+                  {"reserves": h.report(later(reserves, future)), "supply": later(supply, future), "holders_csv": None})
     response = h.client.post("/v1/attestations", json={"jws": token})
     assert response.status_code == 400 and "future" in response.get_json()["detail"]
     assert h.client.get("/v1/attestations/latest").status_code == 404
@@ -457,7 +463,7 @@ def test_a_future_supply_as_of_is_named_as_the_supply(h: Harness) -> None:
     h.clock.now = datetime.fromisoformat(reserves["as_of"].replace("Z", "+00:00")).timestamp() + 60
     future = datetime.fromtimestamp(h.clock.now + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     token = h.jws("grace", auth.TYP_ATTESTATION_REQUEST,
-                  {"reserves": reserves, "supply": later(supply, future), "holders_csv": None})
+                  {"reserves": h.report(reserves), "supply": later(supply, future), "holders_csv": None})
     response = h.client.post("/v1/attestations", json={"jws": token})
     assert response.status_code == 400
     assert [e["location"] for e in response.get_json()["errors"]] == ["supply.as_of"]

@@ -367,7 +367,7 @@ def test_unwritable_store_signs_no_attestation(h: Harness) -> None:
     from appliance.services import auth
 
     reports = h.directory / "reports"
-    body = {"reserves": _json.loads((reports / "reserves.json").read_text()),
+    body = {"reserves": h.report(_json.loads((reports / "reserves.json").read_text())),
             "supply": _json.loads((reports / "supply.json").read_text()), "holders_csv": None}
     h.app_ctx.db.timeout = 0.05
     before_sig = metric("appliance_signatures_total", key="attestation", outcome="ok")

@@ -267,11 +267,11 @@ def test_every_policy_problem_is_reported_with_file_and_field_at_once() -> None:
         "policy.toml: mint.veto_on_reject": "must be true or false",
         "policy.toml: mint.tiers[0].approvals": "must be an integer",
         "policy.toml: mint.tiers[1].eligible_roles":
-            "unknown role(s) ceo (roles: treasury, cfo, security-admin, auditor)",
+            "unknown role(s) ceo (roles: treasury, cfo, security-admin, auditor, custodian)",
         "policy.toml: mint.tiers[1].required.cfo": "must be from 0 to the tier's approvals (3)",
         "policy.toml: mint.allowlist[1].address": "must be a 0x-prefixed 20-byte hex address",
         "policy.toml: governance.eligible_roles":
-            "must be a non-empty list of roles (treasury, cfo, security-admin, auditor)",
+            "must be a non-empty list of roles (treasury, cfo, security-admin, auditor, custodian)",
         "policy.toml: reserve_guard.enabled": "must be true or false",
         "policy.toml: reserve_guard.max_age": "unknown key",
     }
@@ -302,7 +302,8 @@ def test_every_operator_problem_is_reported_with_file_and_field_at_once() -> Non
     key_types = "must be an Ed25519 (kty OKP, crv Ed25519) or P-256 (kty EC, crv P-256) public JWK"
     assert problems(exc) == {
         "operators.toml: operators[0].name": "must match ^[a-z][a-z0-9_-]{0,31}$",
-        "operators.toml: operators[1].roles": "unknown role(s) root (roles: treasury, cfo, security-admin, auditor)",
+        "operators.toml: operators[1].roles": "unknown role(s) root (roles: treasury, cfo, security-admin, auditor, "
+                                              "custodian)",
         "operators.toml: operators[2].jwk.d": "a private key member: enrol public keys only",
         "operators.toml: operators[3].jwk": key_types,
         "operators.toml: operators[4].jwk.y": "required",
@@ -332,7 +333,7 @@ def test_operator_roles_must_be_a_non_empty_list_of_role_names(roles: Any) -> No
         parse_operators(set_path(operators_dict(), ("operators", 0, "roles"), roles))
     assert problems(exc) == {
         "operators.toml: operators[0].roles": "must be a non-empty list of roles (treasury, cfo, security-admin, "
-                                              "auditor)"}
+                                              "auditor, custodian)"}
 
 
 ED_X = JWKS[0]["x"]
@@ -635,7 +636,7 @@ def test_tiers_must_be_a_non_empty_array_of_tables(tiers: Any) -> None:
     ({"cfo": True}, "cfo", "must be an integer"),
     ({"cfo": 1.0}, "cfo", "must be an integer"),
     ({"auditor": 1}, "auditor", "must be one of this tier's eligible_roles (treasury, cfo)"),
-    ({"chairman": 1}, "chairman", "unknown role (roles: treasury, cfo, security-admin, auditor)"),
+    ({"chairman": 1}, "chairman", "unknown role (roles: treasury, cfo, security-admin, auditor, custodian)"),
 ])
 def test_required_counts_are_checked(required: dict[str, Any], location: str, message: str) -> None:
     with pytest.raises(InvalidInput) as exc:
