@@ -115,3 +115,12 @@ class HsmUnavailable(InfrastructureError):
 class StorageUnavailable(InfrastructureError):
     slug = "storage-unavailable"
     title = "Storage unavailable"
+
+
+class StoreInconsistent(InfrastructureError):
+    """The store refused a write the appliance's own reading of it said could not conflict: its rows were changed
+    outside the appliance (or another instance got there first in a way no caller expected). Nothing is returned
+    as signed; the caller may retry, and an operator should run `appliance audit verify`."""
+
+    slug = "store-inconsistent"
+    title = "Store inconsistent"

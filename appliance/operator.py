@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from appliance.client import new_jti
 from appliance.domain import jose
 from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, TYP_RESERVE_REPORT, dumps
+from appliance.domain.mint_rules import nonce_for
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
 from appliance.errors import ApplianceError, ConfigError, VerificationFailed
 from appliance.signing import SoftwareSigner
@@ -83,6 +84,9 @@ def check_requester_signed(policy: dict[str, Any], req: dict[str, Any]) -> None:
     if signed != (str(req["to"]).lower(), str(req["amount"]), req["chain_id"]):
         raise VerificationFailed(f"the request shown is not what {requester['name']} signed (recipient, amount "
                                  "or chain differ): refusing to sign")
+    if str(req.get("nonce", "")).lower() != nonce_for(str(req["request_jws"])):
+        raise VerificationFailed(f"the nonce shown is not the one {requester['name']}'s signed request determines: "
+                                 "refusing to sign")
 
 
 def check_proposal(policy: dict[str, Any], proposal: dict[str, Any]) -> dict[str, Any]:

@@ -6,9 +6,18 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import PROBLEM_BASE, ApplianceError, ConfigError, HsmUnavailable, Unauthenticated
+from appliance.errors import (
+    PROBLEM_BASE,
+    ApplianceError,
+    ConfigError,
+    HsmUnavailable,
+    StorageUnavailable,
+    StoreInconsistent,
+    Unauthenticated,
+)
 
 log = logging.getLogger("appliance.api")
 
@@ -36,6 +45,19 @@ def register(app: Flask) -> None:
         if isinstance(exc, (Unauthenticated, HsmUnavailable, ConfigError)):
             _audit_failure(app, exc)
         return problem(status, slug, exc.title, exc.detail, **extra)
+
+    @app.errorhandler(sa_exc.SQLAlchemyError)
+    def _store_error(exc: sa_exc.SQLAlchemyError) -> Response:
+        """A store error no service turned into a named problem: a constraint the appliance's own reads said
+        could not be violated (rows edited outside it), or a failure outside `Database.write`'s handling."""
+        error: ApplianceError
+        if isinstance(exc, sa_exc.IntegrityError):
+            error = StoreInconsistent(f"the store refused a write ({type(exc.orig).__name__}): its rows were "
+                                      "changed outside the appliance; nothing was signed for this call")
+        else:
+            error = StorageUnavailable(f"storage failed: {type(exc).__name__}")
+        log.warning("%s on %s %s: %s", type(error).__name__, request.method, request.path, exc)
+        return problem(error.status, error.slug, error.title, error.detail)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -102,7 +102,8 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
     digest = "0x" + eip712.mint_digest(domain, message).hex()
     if digest != req["digest"]:
         raise VerificationFailed("the service's digest does not match its typed data: refusing to sign")
-    if message.to != req["to"] or str(message.amount) != req["amount"] or domain.chain_id != req["chain_id"]:
+    if (message.to, str(message.amount), domain.chain_id, "0x" + message.nonce.hex()) != (
+            req["to"], req["amount"], req["chain_id"], str(req["nonce"]).lower()):
         raise VerificationFailed("the typed data does not match the request fields: refusing to sign")
     decision = "reject" if reject else "approve"
     if not reject:

@@ -10,6 +10,7 @@ is judged at a time read from a database row: the validity window is bound to th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,16 @@ from appliance.domain.policy import Policy, ReserveFacts, reserve_guard_reasons
 from appliance.domain.rfc3339 import parse_utc
 
 IAT_SKEW_SECONDS = 300  # how far the appliance's clock at creation may differ from the requester's signed iat
+NONCE_DOMAIN = b"appliance mint nonce v1\n"
+
+
+def nonce_for(request_jws: str) -> str:
+    """The EIP-712 nonce of the request the requester's compact JWS makes: SHA-256 over a domain tag and the JWS,
+    as 0x + 64 hex digits. Derived, never chosen, so that the one term the requester does not type is still bound
+    by their signature: a stored nonce that is not this is refused at signing. Two requests have one nonce only
+    if they are the same signed request (its jti is consumed once; a replay after the database forgot the jti
+    gets the same nonce, which the reservation and the verifying contract accept once)."""
+    return "0x" + hashlib.sha256(NONCE_DOMAIN + request_jws.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class SignedTerms:
     to: str
     amount: int
     iat: int
+    nonce: str  # nonce_for(the JWS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class StoredTerms:
     valid_after: int
     valid_before: int
     expires_at: int
+    nonce: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,8 @@ def signing_refusals(signed: SignedTerms | None, stored: StoredTerms, *, recorde
     if (signed.requester, signed.chain_id, signed.to.lower(), signed.amount) != (
             stored.requester, stored.chain_id, stored.to.lower(), stored.amount):
         reasons.append("the stored request does not match its requester's signed JWS")
+    if stored.nonce.lower() != signed.nonce:
+        reasons.append("the stored nonce is not the one the requester's signed JWS determines")
     if contract is None or contract.lower() != stored.verifying_contract.lower():
         reasons.append(f"the verifying contract {stored.verifying_contract} is not the one configured for chain "
                        f"{stored.chain_id}")

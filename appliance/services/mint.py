@@ -16,7 +16,6 @@ taken over, after RECOVERY_AFTER_SECONDS, by exactly one caller, who decides aga
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -97,7 +96,7 @@ class MintService:
         request = MintRequest(
             id=str(uuid.uuid4()), requester=who.operator.name, chain_id=chain_id,
             verifying_contract=chain.verifying_contract, to_address=to, amount=str(amount),
-            nonce="0x" + secrets.token_bytes(32).hex(), valid_after=now,
+            nonce=mint_rules.nonce_for(who.token), valid_after=now,
             valid_before=now + mint.request_ttl_seconds + mint.authorization_validity_seconds, digest="",
             policy_hash=policies.active.hash, status="pending", request_jws=who.token, created_at=now,
             expires_at=now + mint.request_ttl_seconds)
@@ -320,7 +319,7 @@ class MintService:
         contract = self.app.settings.chain(request.chain_id)
         stored = mint_rules.StoredTerms(request.requester, request.chain_id, request.verifying_contract,
                                         request.to_address, int(request.amount), request.valid_after,
-                                        request.valid_before, request.expires_at)
+                                        request.valid_before, request.expires_at, request.nonce)
         return mint_rules.signing_refusals(
             self._signed_terms(request, recorded), stored, recorded=recorded.policy,
             active=policies.active.bundle.policy, contract=None if contract is None else contract.verifying_contract,
@@ -342,7 +341,8 @@ class MintService:
         chain_id, iat = payload.get("chain_id"), payload.get("iat")
         if any(isinstance(v, bool) or not isinstance(v, int) for v in (chain_id, iat)):
             return None
-        return mint_rules.SignedTerms(operator.name, int(chain_id), to, amount, int(iat))  # type: ignore[arg-type]
+        return mint_rules.SignedTerms(operator.name, int(chain_id), to, amount, int(iat),  # type: ignore[arg-type]
+                                      mint_rules.nonce_for(request.request_jws))
 
     def _reserve_refusals(self, conn: Connection, bundle: PolicyBundle, amount: int, now: int,
                           facts: mint_rules.LogFacts) -> list[str]:

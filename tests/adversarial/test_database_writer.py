@@ -11,12 +11,15 @@ import json
 from collections import Counter
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, text
 
 from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import PolicyBundle
+from appliance.errors import VerificationFailed
+from appliance.operator import check_requester_signed
 from appliance.services import auth
 from appliance.services.mint import RECOVERY_AFTER_SECONDS
 from appliance.signing import SoftwareSigner
@@ -92,6 +95,29 @@ def test_a_validity_window_stretched_in_the_database_is_never_signed(h: Harness,
     seen = shown(h, req["id"])
     h.approve("bob", seen)
     refused(h.approve("carol", seen))
+    assert hsm_signs["mint"] == 0
+
+
+def test_a_nonce_changed_in_the_database_is_never_signed(h: Harness, attacker: Engine,
+                                                        hsm_signs: Counter[str]) -> None:
+    """The nonce is the one term the requester does not type; it is derived from their JWS, so a row with another
+    (say, to make a second authorization of the same terms) is not what they signed, even with approvers who sign
+    the digest the server shows."""
+    req = created(h)
+    shown_before = shown(h, req["id"])
+    sql(attacker, "UPDATE mint_requests SET nonce = :n WHERE id = :id", n="0x" + "ab" * 32, id=req["id"])
+    recompute_digest(h, attacker, req["id"])
+    seen = shown(h, req["id"])
+    assert seen["digest"] != req["digest"]
+    assert any("nonce" in w for w in seen["warnings"])
+    policy = h.client.get("/v1/policy").get_json()
+    with pytest.raises(VerificationFailed, match="nonce shown is not the one alice's signed request determines"):
+        check_requester_signed(policy, seen)  # what `appliance mint approve` runs on the approver's machine
+    check_requester_signed(policy, shown_before)
+    h.approve("bob", seen)
+    final = h.approve("carol", seen)
+    refused(final)
+    assert "nonce" in json.dumps(final.get_json())
     assert hsm_signs["mint"] == 0
 
 

@@ -18,6 +18,7 @@ from appliance.domain.mint_rules import (
     LogFacts,
     SignedTerms,
     StoredTerms,
+    nonce_for,
     signing_refusals,
 )
 from appliance.domain.policy import Policy, parse_policy
@@ -47,16 +48,20 @@ def make_policy(*, max_per_request: int = 10**6, velocity: int = 3 * 10**6, wind
 
 POLICY = make_policy()
 CREATED = NOW - 600
+JWS = "eyJhbGciOiJFUzI1NiJ9.eyJhbW91bnQiOiIxMDAwIn0.c2lnbmF0dXJl"  # stands for the requester's compact JWS
+NONCE = nonce_for(JWS)
 
 
 def stored(**changes: Any) -> StoredTerms:
     base = StoredTerms(requester="req", chain_id=CHAIN, verifying_contract=CONTRACT, to=TO, amount=1000,
-                       valid_after=CREATED, valid_before=CREATED + TTL + VALIDITY, expires_at=CREATED + TTL)
+                       valid_after=CREATED, valid_before=CREATED + TTL + VALIDITY, expires_at=CREATED + TTL,
+                       nonce=NONCE)
     return replace(base, **changes)
 
 
 def signed(**changes: Any) -> SignedTerms:
-    return replace(SignedTerms(requester="req", chain_id=CHAIN, to=TO, amount=1000, iat=CREATED), **changes)
+    return replace(SignedTerms(requester="req", chain_id=CHAIN, to=TO, amount=1000, iat=CREATED,
+                                   nonce=NONCE), **changes)
 
 
 UNSIGNED = "unsigned"  # refusals(UNSIGNED): no JWS of the requester verified
@@ -85,6 +90,8 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "recipient redirected": ({"stored_terms": stored(to=OTHER_TO)}, "does not match its requester's signed JWS"),
     "requester rewritten": ({"stored_terms": stored(requester="mallory")}, "does not match"),
     "chain rewritten": ({"stored_terms": stored(chain_id=5)}, "does not match"),
+    "nonce rewritten": ({"stored_terms": stored(nonce="0x" + "ab" * 32)}, "the stored nonce is not the one"),
+    "nonce of another request": ({"signed_terms": signed(nonce=nonce_for(JWS + "x"))}, "the stored nonce is not"),
     "contract rewritten": ({"stored_terms": stored(verifying_contract="0x" + "cd" * 20)}, "is not the one configured"),
     "no contract configured": ({"contract": None}, "is not the one configured"),
     "window moved away from iat": ({"stored_terms": stored(valid_after=CREATED + IAT_SKEW_SECONDS + 1,
@@ -130,6 +137,12 @@ def test_velocity_counts_only_others_inside_the_window() -> None:
     assert refusals(authorized=(Authorized("mr_x", NOW - 86399, limit - 999),)) != []
 
 
+def test_the_nonce_is_determined_by_the_requester_s_jws() -> None:
+    assert NONCE == nonce_for(JWS) and len(NONCE) == 66 and NONCE == NONCE.lower()
+    assert int(NONCE, 16) >= 0 and nonce_for(JWS[:-1] + "Z") != NONCE
+    assert refusals(stored_terms=stored(nonce=NONCE.upper().replace("0X", "0x"))) == []  # hex without case
+
+
 def test_reasons_are_not_repeated() -> None:
     found = refusals(stored_terms=stored(amount=2000, to=OTHER_TO))
     assert len(found) == len(set(found))
@@ -142,9 +155,9 @@ def test_refusals_agree_with_a_plain_oracle(amount: int, used: int, age: int, sk
                                             allow: bool) -> None:
     created = NOW - age
     row = StoredTerms("req", CHAIN, CONTRACT, TO, amount + (1 if tamper_amount else 0), created,
-                      created + TTL + VALIDITY, created + TTL)
+                      created + TTL + VALIDITY, created + TTL, NONCE)
     policy = POLICY if allow else make_policy(allow=(OTHER_TO,))
-    found = signing_refusals(SignedTerms("req", CHAIN, TO, amount, created + skew), row, recorded=policy,
+    found = signing_refusals(SignedTerms("req", CHAIN, TO, amount, created + skew, NONCE), row, recorded=policy,
                              active=policy, contract=CONTRACT, authorized=[Authorized("mr_x", NOW - 1, used)],
                              request_id=REQUEST_ID, now=NOW)
     ok = (not tamper_amount and abs(skew) <= IAT_SKEW_SECONDS and age < TTL and allow
