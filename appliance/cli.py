@@ -59,6 +59,7 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, url: str | None) -> None:
     """Reserve-attestation signing appliance."""
+    os.umask(0o077)  # the store, its WAL, attestations and holder files: owner only
     ctx.obj = Context(config, url)
 
 
@@ -127,14 +128,21 @@ def serve(obj: Context, listen: str | None) -> None:
     if preflight.returncode != 0:
         raise click.ClickException("refusing to serve: " + (preflight.stderr or preflight.stdout).strip())
     listen = listen or f"{settings.listen_host}:{settings.listen_port}"
-    metrics_dir = settings.metrics_dir or Path(tempfile.gettempdir()) / f"appliance-metrics-{os.getpid()}"
+    from appliance.server import METRICS_PREFIX, remove_stale_metrics_dirs
+
+    # without `metrics_dir` configured: a directory of this run, removed when the server exits (and, when it was
+    # killed, by the next `serve`)
+    own = settings.metrics_dir is None
+    if own:
+        remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+    metrics_dir = settings.metrics_dir or Path(tempfile.gettempdir()) / f"{METRICS_PREFIX}{os.getpid()}"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     click.echo(f"serving on http://{listen} with {settings.workers} workers", err=True)
     args = [sys.executable, "-m", "appliance.server", "--config", str(settings.path), "--listen", listen,
             "--workers", str(settings.workers), "--threads", str(settings.threads),
-            "--max-body", str(settings.max_body_bytes)]
+            "--max-body", str(settings.max_body_bytes)] + (["--own-metrics-dir"] if own else [])
     os.execve(sys.executable, args, env)  # noqa: S606 - replaces this process with the server
 
 

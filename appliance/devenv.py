@@ -117,9 +117,9 @@ def dev_init(directory: Path) -> DevEnvironment:
     if shutil.which("softhsm2-util") is None:
         raise ConfigError("softhsm2-util not found: install SoftHSM2 (apt-get install softhsm2)")
     user_pin = secrets.token_hex(8)
-    result = subprocess.run([str(create_token_script())  # noqa: S603 - our script, no shell
-                             , str(directory / "softhsm"), TOKEN_LABEL,
-                             secrets.token_hex(8), user_pin], capture_output=True, text=True, check=False)
+    result = subprocess.run([str(create_token_script()), str(directory / "softhsm"), TOKEN_LABEL],  # noqa: S603
+                            capture_output=True, text=True, check=False,  # PINs in the environment, not argv
+                            env={**os.environ, "SO_PIN": secrets.token_hex(8), "USER_PIN": user_pin})
     if result.returncode != 0:
         raise ConfigError(f"cannot create the SoftHSM2 token: {result.stderr.strip()}")
     env = write_environment(directory, TOKEN_LABEL, directory / "softhsm" / "softhsm2.conf", user_pin)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 log = logging.getLogger("appliance.server")
+METRICS_PREFIX = "appliance-metrics-"  # + the serving pid: the default PROMETHEUS_MULTIPROC_DIR of a run
 
 
 def build_wsgi(config_path: str) -> Any:
@@ -76,11 +79,40 @@ def main() -> None:
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--max-body", type=int, required=True)
+    parser.add_argument("--own-metrics-dir", action="store_true", help="remove PROMETHEUS_MULTIPROC_DIR at exit")
     args = parser.parse_args()
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise SystemExit("PROMETHEUS_MULTIPROC_DIR must be set (use `appliance serve`)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    Server(args.config, args.listen, args.workers, args.threads, args.max_body).run()
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    try:
+        Server(args.config, args.listen, args.workers, args.threads, args.max_body).run()
+    finally:
+        if args.own_metrics_dir:  # a temporary directory `appliance serve` made for this run
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def remove_stale_metrics_dirs(parent: Path, prefix: str = METRICS_PREFIX) -> list[Path]:
+    """The per-run metrics directories under `parent` whose server is gone (killed, so it could not remove its
+    own), removed; returns them. A directory is named after the pid that serves it."""
+    removed = []
+    for path in parent.glob(prefix + "*"):
+        pid = path.name[len(prefix):]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__":

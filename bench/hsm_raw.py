@@ -21,8 +21,8 @@ def measure(seconds: float = 2.0) -> dict[str, float]:
     from pkcs11.util.ec import encode_named_curve_parameters
 
     home = Path(tempfile.mkdtemp(prefix="bench-hsm-"))
-    subprocess.run([str(ROOT / "softhsm" / "create-token.sh"), str(home), "bench", "so-" + PIN, PIN], check=True,
-                   capture_output=True)
+    subprocess.run([str(ROOT / "softhsm" / "create-token.sh"), str(home), "bench"], check=True, capture_output=True,
+                   env={**os.environ, "SO_PIN": "so-" + PIN, "USER_PIN": PIN})
     os.environ["SOFTHSM2_CONF"] = str(home / "softhsm2.conf")
     lib = pkcs11.lib("/usr/lib/softhsm/libsofthsm2.so")
     session = lib.get_token(token_label="bench").open(user_pin=PIN, rw=True)

@@ -33,8 +33,8 @@ def softhsm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     suites that use the HSM ask for this fixture first: see their conftest.py; the unit tests never do)."""
     home = tmp_path_factory.mktemp("softhsm")
     for label in (TOKEN, BAD_TOKEN):
-        subprocess.run([str(ROOT / "softhsm" / "create-token.sh"), str(home), label, "so-" + TEST_PIN, TEST_PIN],
-                       check=True, capture_output=True)
+        subprocess.run([str(ROOT / "softhsm" / "create-token.sh"), str(home), label], check=True,
+                       capture_output=True, env={**os.environ, "SO_PIN": "so-" + TEST_PIN, "USER_PIN": TEST_PIN})
     os.environ["SOFTHSM2_CONF"] = str(home / "softhsm2.conf")
     return home
 

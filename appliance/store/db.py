@@ -29,6 +29,7 @@ The durability contract of `Database.write(fn)`:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,19 @@ T = TypeVar("T")
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _MIN_LEFT = 0.01  # seconds: a caller with less time left fails on its own instead of joining or leading a batch
 PING = "ping"
+
+
+def _owner_only(database: str | None) -> None:
+    """The SQLite file and its WAL and shared-memory files readable and writable by their owner only (0600):
+    the store holds every request, approval and audit entry. Files created later follow the process umask,
+    which `appliance` sets to 077."""
+    if not database or database == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(database + suffix, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class Database:
@@ -81,6 +95,7 @@ class Database:
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
                 cursor.close()
+                _owner_only(engine.url.database)
 
             @event.listens_for(engine, "begin")
             def _begin(conn: Connection) -> None:

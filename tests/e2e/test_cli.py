@@ -62,8 +62,17 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     directory = tmp_path_factory.mktemp("e2e") / "dev"
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     dev = json.loads(run("dev-init", str(directory), "--json", env=env).stdout)
+    proc, url, log = serve(directory, dev, env)
+    yield Service(url, dev, directory)
+    proc.terminate()
+    proc.wait(15)
+    log.close()
+
+
+def serve(directory: Path, dev: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Any]:
+    """`appliance serve` on a free port, once /readyz says so: (process, url, its open log file)."""
     port = free_port()
-    log = open(directory / "serve.log", "w")  # noqa: SIM115 - closed below
+    log = open(directory / "serve.log", "w")  # noqa: SIM115 - the caller closes it
     proc = subprocess.Popen([*APPLIANCE, "--config", dev["config"], "serve", "--listen", f"127.0.0.1:{port}"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -72,17 +81,41 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=2) as r:  # noqa: S310
                 if r.status == 200:
-                    break
+                    return proc, url, log
         except OSError:
             pass
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             raise AssertionError("the service did not become ready:\n" + (directory / "serve.log").read_text())
         time.sleep(0.2)
-    yield Service(url, dev, directory)
-    proc.terminate()
-    proc.wait(15)
-    log.close()
+
+
+def test_serve_keeps_its_files_private_and_leaves_no_metrics_directory_behind(tmp_path: Path) -> None:
+    """The store and its WAL are 0600; the per-run metrics directory goes when the server stops, and one left
+    by a killed server goes at the next start."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale = tmp / "appliance-metrics-999999999"  # no such pid
+    stale.mkdir()
+    alive = tmp / f"appliance-metrics-{os.getpid()}"  # a running process's: kept
+    alive.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}, "TMPDIR": str(tmp)}
+    directory = tmp_path / "dev"
+    dev = json.loads(run("dev-init", str(directory), "--json", env=env).stdout)
+    proc, url, log = serve(directory, dev, env)
+    try:
+        ours = tmp / f"appliance-metrics-{proc.pid}"  # serve execs the server: same pid
+        assert ours.is_dir() and not stale.exists() and alive.is_dir()
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:  # noqa: S310
+            assert b"appliance_" in r.read()
+        store = directory / "appliance.db"
+        for path in (store, Path(f"{store}-wal")):
+            assert path.exists() and path.stat().st_mode & 0o777 == 0o600, (path, oct(path.stat().st_mode))
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+    assert not ours.exists(), "the metrics directory outlived its server"
 
 
 def test_dev_init_summary_has_the_documented_shape(service: Service) -> None:

@@ -190,14 +190,27 @@ def test_create_token_is_idempotent_and_never_prints_a_pin_it_did_not_set(tmp_pa
     import subprocess
 
     script = Path(__file__).resolve().parents[2] / "softhsm" / "create-token.sh"
-    first = subprocess.run([str(script), str(tmp_path), "twice", "so-1234", "user-1234"], capture_output=True,
-                           text=True, check=True)
+    first = subprocess.run([str(script), str(tmp_path), "twice"], capture_output=True, text=True, check=True,
+                           env={**os.environ, "SO_PIN": "so-1234", "USER_PIN": "user-1234"})
     assert "user PIN: user-1234" in first.stdout
     again = subprocess.run([str(script), str(tmp_path), "twice"], capture_output=True, text=True, check=True)
     assert "already exists" in again.stderr and "PIN" not in again.stdout
     slots = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True, check=True,
                            env={**os.environ, "SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")}).stdout
     assert sum(1 for line in slots.splitlines() if line.split(":")[-1].strip() == "twice") == 1
+
+
+def test_create_token_takes_pins_only_from_the_environment(tmp_path: Path) -> None:
+    """Every user can read a command line in /proc: PINs given as arguments are refused, and nothing the script
+    runs gets a PIN as an argument (softhsm2-util --init-token would; init_token.py reads its environment)."""
+    import subprocess
+
+    softhsm = Path(__file__).resolve().parents[2] / "softhsm"
+    refused = subprocess.run([str(softhsm / "create-token.sh"), str(tmp_path), "argv", "so-1234", "user-1234"],
+                             capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "environment" in refused.stderr
+    assert "--pin" not in (softhsm / "create-token.sh").read_text()
+    assert "--so-pin" not in (softhsm / "create-token.sh").read_text()
 
 
 @pytest.mark.slow
@@ -212,7 +225,8 @@ def test_processes_opening_the_token_while_another_logs_in_and_out_all_get_a_ses
     import time
 
     script = Path(__file__).resolve().parents[2] / "softhsm" / "create-token.sh"
-    subprocess.run([str(script), str(tmp_path), "churn", "so-" + TEST_PIN, TEST_PIN], check=True, capture_output=True)
+    subprocess.run([str(script), str(tmp_path), "churn"], check=True, capture_output=True,
+                   env={**os.environ, "SO_PIN": "so-" + TEST_PIN, "USER_PIN": TEST_PIN})
     env = {**os.environ, "SOFTHSM2_CONF": str(tmp_path / "softhsm2.conf")}
     stop = tmp_path / "stop"
     churn_code = ("import sys, pathlib\n"
