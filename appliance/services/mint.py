@@ -16,6 +16,7 @@ taken over, after RECOVERY_AFTER_SECONDS, by exactly one caller, who decides aga
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,6 +47,7 @@ from appliance.store import attestation_repo, audit_repo, mint_repo
 from appliance.store.mint_repo import MintRequest, Reservation, StoredApproval
 from appliance.verify import verify_attestation
 
+log = logging.getLogger("appliance.mint")
 REQUESTER_ROLES = MINT_REQUESTER_ROLES
 CANCEL_ROLES = frozenset({"treasury", "cfo", "security-admin"})
 STATUSES = ("pending", "authorized", "rejected", "cancelled", "expired")
@@ -245,8 +247,8 @@ class MintService:
         who writes the database can erase it (the log's closures refuse any later signature of the request)."""
         try:
             self.audit.checkpoint()
-        except ApplianceError:
-            pass  # durable already; the periodic checkpoint covers it
+        except (ApplianceError, sa_exc.SQLAlchemyError):  # durable already; the periodic checkpoint covers it
+            log.warning("checkpoint over a closure failed", exc_info=True)
 
     # -- the decision ---------------------------------------------------------------------------------------
 
@@ -462,8 +464,8 @@ class MintService:
             metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
         try:
             self.audit.checkpoint(at_least=0 if signed_entry is None else signed_entry + 1)
-        except ApplianceError:
-            pass  # the periodic checkpoint will cover it; the authorization itself is durable
+        except (ApplianceError, sa_exc.SQLAlchemyError):  # the mint is signed and stored: its caller is told so
+            log.warning("checkpoint after a mint authorization failed", exc_info=True)  # the periodic one covers it
         if stored_now:
             return self._authorization_json(request, replace(reservation, signature=signature))  # type: ignore[return-value]
         stored = self._stored_authorization(request_id)

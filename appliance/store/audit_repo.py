@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from appliance.domain.merkle import CompactRange, leaf_hash
 from appliance.store.db import add_buffer, get_buffer, is_buffered
@@ -160,8 +161,13 @@ def save_checkpoint(conn: Connection, size: int, root: bytes, note: str, now: in
     or it is the same note)."""
     exists = conn.execute(select(audit_checkpoints.c.note).where(audit_checkpoints.c.size == size)).first()
     if exists is None:
-        conn.execute(insert(audit_checkpoints).values(size=size, root=root, note=note, created_at=now))
-    elif exists.note != note:
+        try:
+            with conn.begin_nested():  # another instance may store this size at the same moment
+                conn.execute(insert(audit_checkpoints).values(size=size, root=root, note=note, created_at=now))
+            return
+        except IntegrityError:
+            exists = conn.execute(select(audit_checkpoints.c.note).where(audit_checkpoints.c.size == size)).one()
+    if exists.note != note:
         conn.execute(update(audit_checkpoints).where(audit_checkpoints.c.size == size)
                      .values(root=root, note=note, created_at=now))
 

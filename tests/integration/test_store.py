@@ -85,6 +85,36 @@ def test_checkpoints_are_stored_once_per_size(store: Database) -> None:
         assert audit_repo.checkpoint_at(conn, 1) == audit_repo.StoredCheckpoint(1, b"x" * 32, "note-other", 12)
 
 
+@pytest.mark.parametrize("same", [True, False], ids=["same-note", "other-note"])
+def test_a_checkpoint_stored_by_another_instance_between_look_and_insert_is_no_error(store: Database,
+                                                                                    same: bool) -> None:
+    """Two instances sign the same size at once: one inserts between the other's look-up and insert. The later
+    one finds the row (its own note if identical, replacing it otherwise, as above), instead of a UniqueViolation
+    escaping to an officer whose mint was signed."""
+    from sqlalchemy import event
+
+    from appliance.store.tables import audit_checkpoints
+
+    append(store, 1)
+    theirs = "note-1" if same else "note-of-an-edited-row"
+    fired: list[bool] = []
+
+    def meanwhile(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not fired and statement.lstrip().upper().startswith("SELECT") and "audit_checkpoints" in statement:
+            fired.append(True)  # the other instance's row, in place before this one inserts
+            conn.execute(insert(audit_checkpoints).values(size=1, root=b"r" * 32, note=theirs, created_at=9))
+
+    event.listen(store.engine, "after_cursor_execute", meanwhile)
+    try:
+        store.write(lambda c: audit_repo.save_checkpoint(c, 1, b"r" * 32, "note-1", 10))
+    finally:
+        event.remove(store.engine, "after_cursor_execute", meanwhile)
+    assert fired
+    with store.read() as conn:
+        stored = audit_repo.checkpoint_at(conn, 1)
+    assert stored is not None and stored.note == "note-1"
+
+
 def test_a_jti_can_be_recorded_once(store: Database) -> None:
     from sqlalchemy import exc
 
