@@ -37,6 +37,9 @@ INTEGRITY_FAILURES = Counter("appliance_integrity_failures_total",
                              "(rollback, fork, rewrite); the appliance refused to act on it.", ["history"])
 for _history in ("policy", "audit", "attestation"):
     INTEGRITY_FAILURES.labels(_history)  # exported at 0, so that increase() sees the first failure
+AUDIT_SUPPRESSED = Counter("appliance_audit_suppressed_total",
+                           "Refusals (bad signature, HSM or configuration fault) not written to the audit log because "
+                           "more arrived than its rate limit allows; the next entry counts them.", ["action"])
 AUTH_FAILURES = Counter("appliance_auth_failures_total", "Requests refused for a bad operator signature.",
                         ["reason"])
 HTTP_REQUESTS = Counter("appliance_http_requests_total", "HTTP requests by route, method and status.",

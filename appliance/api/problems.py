@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from flask import Flask, Response, json, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
+from appliance import metrics
+from appliance.domain.rate import TokenBucket
 from appliance.errors import (
     PROBLEM_BASE,
     ApplianceError,
@@ -78,14 +82,47 @@ def register(app: Flask) -> None:
         return problem(500, "internal", "Internal error", "an unexpected error occurred; it has been logged")
 
 
+# Refusals reach the durable audit log at most this often per process (a burst, then a steady rate); the rest
+# are counted (appliance_audit_suppressed_total) and the next entry says how many it stands for. Without a key,
+# nobody can grow the log faster than this, nor choose more than the route and 200 characters of the reason.
+FAILURE_AUDIT_BURST, FAILURE_AUDIT_PER_SECOND = 20, 1.0
+
+
 def _audit_failure(app: Flask, exc: ApplianceError) -> None:
     """Authentication failures, HSM errors and run-time configuration faults go into the audit log too (best
-    effort: never masks the error)."""
+    effort: never masks the error; rate-limited, see above)."""
     action = ("auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error" if isinstance(exc, HsmUnavailable)
               else "service.misconfigured")  # a ConfigError at run time: token or key gone, files altered
+    limiter = app.extensions.setdefault("failure_audit", _FailureAudit())
+    suppressed = limiter.admit(time.monotonic())
+    if suppressed is None:
+        metrics.AUDIT_SUPPRESSED.labels(action).inc()
+        return
+    details: dict[str, Any] = {"reason": exc.detail[:200], "method": request.method[:10]}
+    if suppressed:
+        details["suppressed_before"] = suppressed
     try:
         app.extensions["services"].audit.record_standalone(
-            actor="appliance", action=action, subject=request.path,
-            details={"reason": exc.detail[:200], "method": request.method}, policy_hash=None)
+            actor="appliance", action=action,
+            subject=request.url_rule.rule if request.url_rule is not None else "unmatched",
+            details=details, policy_hash=None)
     except ApplianceError:
         log.warning("could not audit %s", action)
+
+
+class _FailureAudit:
+    """The process's budget of audited refusals, and how many were refused an entry since the last one."""
+
+    def __init__(self) -> None:
+        self.bucket = TokenBucket(FAILURE_AUDIT_BURST, FAILURE_AUDIT_PER_SECOND)
+        self.suppressed = 0
+        self.lock = threading.Lock()
+
+    def admit(self, now: float) -> int | None:
+        """None: do not audit this one; otherwise how many were not audited before it."""
+        with self.lock:
+            if not self.bucket.take(now):
+                self.suppressed += 1
+                return None
+            count, self.suppressed = self.suppressed, 0
+            return count

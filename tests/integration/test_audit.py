@@ -533,3 +533,30 @@ def test_a_checkpoint_covering_it_is_signed_after_every_signature(h: Harness) ->
     log = AuditLog(h.app_ctx)
     cp = notes.open_checkpoint(h.client.get("/v1/audit/checkpoint").get_data(as_text=True), [log.verifier()])
     assert cp.size == log.head().size  # the authorization's own entries are covered at once
+
+
+def test_a_flood_of_forged_signatures_cannot_grow_the_log_faster_than_its_limit(h: Harness) -> None:
+    """Without any key: 300 forged mint requests with 4 KB of the caller's text in the URL. At most the burst
+    reaches the durable log, each naming the route (never the caller's path) and a bounded reason; the rest are
+    counted, and the next entry allowed says how many it stands for."""
+    from appliance.api.problems import FAILURE_AUDIT_BURST
+    from appliance.domain.rate import TokenBucket
+    from appliance.services.audit import AuditLog
+
+    forged = h.jws("bob", "mint-request+jws", {"x": 1}).rsplit(".", 1)[0] + ".AAAA"
+    log = AuditLog(h.app_ctx)
+    before = log.head().size
+    suppressed = metric("appliance_audit_suppressed_total", action="auth.failed")
+    for _ in range(300):
+        assert h.client.post("/v1/mint-requests?" + "a" * 4096, json={"jws": forged}).status_code == 401
+    entries = h.client.get(f"/v1/audit/entries?start={before}&end={log.head().size}").get_json()["entries"]
+    failed = [e for e in entries if e["action"] == "auth.failed"]
+    assert 1 <= len(failed) <= FAILURE_AUDIT_BURST + 5  # the burst, and what the rate refilled meanwhile
+    assert {e["subject"] for e in failed} == {"/v1/mint-requests"}
+    assert all(len(canonical_json(e)) < 1024 for e in failed)
+    missed = metric("appliance_audit_suppressed_total", action="auth.failed") - suppressed
+    assert missed == 300 - len(failed)
+    h.flask.extensions["failure_audit"].bucket = TokenBucket(1, 1)  # time passes: the budget is back
+    assert h.client.post("/v1/mint-requests", json={"jws": forged}).status_code == 401
+    last = h.client.get(f"/v1/audit/entries?start={log.head().size - 1}&end={log.head().size}").get_json()
+    assert last["entries"][0]["details"]["suppressed_before"] == missed
