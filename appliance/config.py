@@ -73,6 +73,7 @@ class Settings:
     workers: int
     threads: int
     max_body_bytes: int
+    max_attestation_body_bytes: int
     issuer: str
     token_symbol: str
     token_name: str
@@ -176,7 +177,8 @@ _ALLOWED: dict[str, set[str] | None] = {
     "hsm": {"module", "token_label", "pin_env", "pin_file", "softhsm2_conf"},
     "keys": {"mint", "attestation", "audit", "policy_anchor"},
     "storage": {"url", "write_timeout_seconds"},
-    "service": {"listen", "workers", "threads", "max_body_bytes", "metrics_dir"},
+    "service": {"listen", "workers", "threads", "max_body_bytes", "max_attestation_body_bytes",
+                "metrics_dir"},
     "issuer": {"name", "token_symbol", "token_name", "token_decimals", "currency"},
     "eip712": {"name", "version"},
     "chains": None,
@@ -282,6 +284,7 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         workers=r.get("service.workers", int, 2, check=_positive),
         threads=r.get("service.threads", int, 8, check=_positive),
         max_body_bytes=r.get("service.max_body_bytes", int, 1 << 20, check=_positive),
+        max_attestation_body_bytes=r.get("service.max_attestation_body_bytes", int, 64 << 20, check=_positive),
         issuer=r.get("issuer.name", str), token_symbol=r.get("issuer.token_symbol", str),
         token_name=r.get("issuer.token_name", str),
         token_decimals=r.get("issuer.token_decimals", int, 6,

@@ -117,6 +117,13 @@ class StorageUnavailable(InfrastructureError):
     title = "Storage unavailable"
 
 
+class Busy(InfrastructureError):
+    """A bounded resource (such as the one large request body a process reads at a time) is in use: retry."""
+
+    slug = "busy"
+    title = "Busy"
+
+
 class StoreInconsistent(InfrastructureError):
     """The store refused a write the appliance's own reading of it said could not conflict: its rows were changed
     outside the appliance (or another instance got there first in a way no caller expected). Nothing is returned

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+import threading
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.blueprints import BlueprintSetupState
 
 from appliance.api.util import json_object, query_int, services
+from appliance.errors import Busy
 from appliance.services.attestation import MAX_LIST
 
 bp = Blueprint("attestations", __name__, url_prefix="/v1/attestations")
-# Holder balances ride inside the signed request; 10 million holders go through the scheduler's inbox instead.
-MAX_ATTESTATION_BODY = 64 << 20
+LARGE = "attestations.large_body"  # app.extensions: the one body above max_body_bytes a process reads at a time
+
+
+@bp.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    state.app.extensions[LARGE] = threading.BoundedSemaphore(1)
 
 
 @bp.before_request
 def _larger_bodies() -> None:
-    if request.method == "POST":
-        request.max_content_length = MAX_ATTESTATION_BODY
+    """Holder balances ride inside the signed request (up to `max_attestation_body_bytes`; 10 million holders go
+    through the scheduler's inbox instead). A body above the usual limit (or of unknown length) is read only
+    while no other is: anyone can send one before their signature is checked, so concurrent large bodies are
+    refused (503 busy) rather than held in memory together."""
+    if request.method != "POST":
+        return
+    settings = current_app.extensions["appliance"].settings
+    request.max_content_length = settings.max_attestation_body_bytes
+    length = request.content_length
+    if length is None or length > settings.max_body_bytes:
+        if not current_app.extensions[LARGE].acquire(blocking=False):
+            raise Busy("another large attestation request is being read: retry")
+        g.large_body = True
+
+
+@bp.teardown_request
+def _release(_exc: BaseException | None) -> None:
+    if g.pop("large_body", False):
+        current_app.extensions[LARGE].release()
 
 
 @bp.post("")

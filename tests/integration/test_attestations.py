@@ -467,3 +467,26 @@ def test_a_future_supply_as_of_is_named_as_the_supply(h: Harness) -> None:
     response = h.client.post("/v1/attestations", json={"jws": token})
     assert response.status_code == 400
     assert [e["location"] for e in response.get_json()["errors"]] == ["supply.as_of"]
+
+
+def test_large_attestation_bodies_are_read_one_at_a_time(h: Harness) -> None:
+    """Anyone can send a large body before any signature is checked: while one is being read, another large one
+    is refused (503 busy, nothing read), a small one is not; the slot is given back after each request."""
+    from appliance.api.attestations import LARGE
+
+    large = {"jws": "x" * (h.app_ctx.settings.max_body_bytes + 10)}
+    slot = h.flask.extensions[LARGE]
+    assert slot.acquire(blocking=False)  # another request is reading its large body
+    try:
+        busy = h.client.post("/v1/attestations", json=large)
+        assert busy.status_code == 503 and busy.get_json()["type"] == "urn:appliance:problem:busy"
+        assert busy.headers["Retry-After"]
+        assert h.client.post("/v1/attestations", json={"jws": "x"}).status_code == 400
+    finally:
+        slot.release()
+    for _ in range(3):  # each one gives the slot back
+        refused = h.client.post("/v1/attestations", json=large)
+        assert refused.status_code == 400, refused.get_json()
+    too_large = h.client.post("/v1/attestations",
+                              json={"jws": "x" * (h.app_ctx.settings.max_attestation_body_bytes + 1)})
+    assert too_large.status_code == 413
