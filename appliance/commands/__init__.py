@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class IdType(click.ParamType[str]):
+    """A request or proposal id as the service issues them: refused with a clear message (never a traceback from
+    building a URL) when it could not be one."""
+
+    name = "ID"
+    pattern = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not self.pattern.fullmatch(text):
+            self.fail(f"{text!r} is not an id (letters, digits, '.', '_' and '-', at most 128)", param, ctx)
+        return text
+
+
+ID = IdType()
 
 
 def url_option(f: F) -> F:

@@ -7,10 +7,16 @@ from typing import Any
 import click
 
 from appliance.client import Client
-from appliance.commands import url_option
+from appliance.commands import ID, url_option
 from appliance.domain import amounts, eip712, messages
 from appliance.errors import VerificationFailed
-from appliance.operator import check_enrolled, check_requester_signed, load_key, sign_request
+from appliance.operator import (
+    check_enrolled,
+    check_requester_signed,
+    check_within_policy,
+    load_key,
+    sign_request,
+)
 
 
 @click.group()
@@ -84,7 +90,7 @@ def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, c
 
 
 @mint.command("approve")
-@click.argument("request_id")
+@click.argument("request_id", type=ID)
 @click.option("--operator", required=True)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--reject", is_flag=True, help="reject (veto) instead of approving")
@@ -107,7 +113,9 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
         raise VerificationFailed("the typed data does not match the request fields: refusing to sign")
     decision = "reject" if reject else "approve"
     if not reject:
-        check_requester_signed(client.policy(), req)
+        policy = client.policy()
+        check_requester_signed(policy, req)
+        check_within_policy(policy, req)
         if req.get("warnings"):
             raise VerificationFailed("the appliance would not sign this request: " + "; ".join(req["warnings"]))
     if not as_json:
@@ -122,7 +130,7 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
 
 
 @mint.command("show")
-@click.argument("request_id")
+@click.argument("request_id", type=ID)
 @click.option("--json", "as_json", is_flag=True)
 @url_option
 @click.pass_context
@@ -151,7 +159,7 @@ def list_requests(ctx: click.Context, status: str | None, limit: int, as_json: b
 
 
 @mint.command("cancel")
-@click.argument("request_id")
+@click.argument("request_id", type=ID)
 @click.option("--operator", required=True)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)

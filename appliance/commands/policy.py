@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from appliance.client import Client
-from appliance.commands import url_option
+from appliance.commands import ID, url_option
 from appliance.domain import messages
 from appliance.domain.bundle_diff import diff
 from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
@@ -55,7 +55,7 @@ def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, 
 
 
 @policy.command("approve")
-@click.argument("proposal_id")
+@click.argument("proposal_id", type=ID)
 @click.option("--operator", required=True)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--reject", is_flag=True)

@@ -19,7 +19,7 @@ from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import PolicyBundle
 from appliance.errors import VerificationFailed
-from appliance.operator import check_requester_signed
+from appliance.operator import check_requester_signed, check_within_policy
 from appliance.services import auth
 from appliance.services.mint import RECOVERY_AFTER_SECONDS
 from appliance.signing import SoftwareSigner
@@ -114,6 +114,12 @@ def test_a_nonce_changed_in_the_database_is_never_signed(h: Harness, attacker: E
     with pytest.raises(VerificationFailed, match="nonce shown is not the one alice's signed request determines"):
         check_requester_signed(policy, seen)  # what `appliance mint approve` runs on the approver's machine
     check_requester_signed(policy, shown_before)
+    check_within_policy(policy, shown_before)
+    with pytest.raises(VerificationFailed, match="not on the active policy's allowlist"):
+        check_within_policy(policy, {**shown_before, "to": ELSEWHERE})
+    with pytest.raises(VerificationFailed, match="per-request maximum"):
+        maximum = int(policy["active"]["bundle"]["policy"]["mint"]["max_per_request"])
+        check_within_policy(policy, {**shown_before, "amount": str(maximum + 1)})
     h.approve("bob", seen)
     final = h.approve("carol", seen)
     refused(final)

@@ -349,3 +349,18 @@ def test_the_real_server_refuses_a_chunked_body_over_the_limit(service: Service)
     assert "larger than 1048576 bytes" in text
     status, text = send(b'{"jws": "not.a.jws"}')  # a small chunked body is read as usual
     assert status in (400, 401), text
+
+
+@pytest.mark.parametrize("bad", ["a b", "abc/authorization", "../x", "", "x" * 129, "id?q=1"])
+@pytest.mark.parametrize("command", [["mint", "show"], ["mint", "approve"], ["mint", "cancel"],
+                                     ["policy", "approve"]])
+def test_a_malformed_id_is_a_clear_usage_error_never_a_traceback(command: list[str], bad: str) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    key = ["--operator", "bob", "--key", __file__] if command != ["mint", "show"] else []
+    out = CliRunner().invoke(cli, ["--url", "http://127.0.0.1:9", *command, bad, *key])
+    assert out.exit_code == 2, out.output
+    assert "is not an id" in out.output and "Traceback" not in out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
