@@ -1,10 +1,16 @@
-"""A token bucket: at most `burst` events at once and `per_second` on average after that. Pure: the caller
-passes the time (a monotonic clock), so it is tested without sleeping."""
+"""Bounding what anyone can make the appliance do: a token bucket (at most `burst` events at once and
+`per_second` on average after that) and a recent result reused for a while. Both take their time from the
+caller or an injected clock, so they are tested without sleeping."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,3 +37,26 @@ class TokenBucket:
                 self._tokens -= 1
                 return True
             return False
+
+
+class Recent(Generic[T]):
+    """The result of an expensive check, reused for `seconds`; one caller computes it at a time (the others wait
+    and get that result). `clock` is monotonic seconds."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock = seconds, clock
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._at: float | None = None
+
+    def get(self, compute: Callable[[], T]) -> T:
+        with self._lock:
+            now = self.clock()
+            if self._at is None or not 0 <= now - self._at < self.seconds:
+                self._value, self._at = compute(), now
+            return self._value  # type: ignore[return-value]
+
+    def forget(self) -> None:
+        """The next get() computes afresh (something just showed the result may be out of date)."""
+        with self._lock:
+            self._at = None

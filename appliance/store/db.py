@@ -39,6 +39,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
+from appliance.domain.rate import Recent
 from appliance.errors import StorageUnavailable
 
 T = TypeVar("T")
@@ -46,6 +47,9 @@ T = TypeVar("T")
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _MIN_LEFT = 0.01  # seconds: a caller with less time left fails on its own instead of joining or leading a batch
 PING = "ping"
+
+
+PROBE_SECONDS = 1.0
 
 
 def _owner_only(database: str | None) -> None:
@@ -76,6 +80,8 @@ class Database:
         self._cv = threading.Condition()
         self._queue: list[_Pending[Any]] = []
         self._leading = False
+        #: the result of the last probe write (readiness, metrics), reused for a second: see services.status
+        self.probe: Recent[dict[str, Any]] = Recent(PROBE_SECONDS)
 
     def _create_engine(self) -> Engine:
         if self.is_sqlite:
@@ -254,6 +260,8 @@ class Database:
             p.result = None
 
     def _failed(self, operation: str) -> None:
+        if operation != PING:
+            self.probe.forget()  # a write failed: the next readiness probe tries one itself
         if self.on_failure is not None and operation != PING:
             self.on_failure(operation)
 

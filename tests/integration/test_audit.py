@@ -554,9 +554,43 @@ def test_a_flood_of_forged_signatures_cannot_grow_the_log_faster_than_its_limit(
     assert 1 <= len(failed) <= FAILURE_AUDIT_BURST + 5  # the burst, and what the rate refilled meanwhile
     assert {e["subject"] for e in failed} == {"/v1/mint-requests"}
     assert all(len(canonical_json(e)) < 1024 for e in failed)
-    missed = metric("appliance_audit_suppressed_total", action="auth.failed") - suppressed
-    assert missed == 300 - len(failed)
+    limiter = h.flask.extensions["failure_audit"]
+    counted = sum(e["details"].get("suppressed_before", 0) for e in failed) + limiter.suppressed
+    assert counted == 300 - len(failed)  # every other refusal counted, none lost
+    assert metric("appliance_audit_suppressed_total", action="auth.failed") - suppressed == counted
+    missed = limiter.suppressed
     h.flask.extensions["failure_audit"].bucket = TokenBucket(1, 1)  # time passes: the budget is back
     assert h.client.post("/v1/mint-requests", json={"jws": forged}).status_code == 401
     last = h.client.get(f"/v1/audit/entries?start={log.head().size - 1}&end={log.head().size}").get_json()
     assert last["entries"][0]["details"]["suppressed_before"] == missed
+
+
+def test_a_probe_flood_costs_at_most_one_store_write_per_second(h: Harness) -> None:
+    """/readyz and /metrics each try a durable write; anyone can call them, so a process runs each at most once a
+    second and answers the rest with that result."""
+    from appliance.domain.rate import Recent
+
+    writes: list[float] = []
+    ping = h.app_ctx.db.ping
+
+    def counted(fn: Any) -> Any:
+        writes.append(time.monotonic())
+        return ping(fn)
+
+    h.app_ctx.db.ping = counted  # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        for _ in range(100):
+            assert h.client.get("/readyz").status_code == 200
+            assert h.client.get("/metrics").status_code == 200
+        elapsed = time.monotonic() - started
+    finally:
+        del h.app_ctx.db.ping
+    assert 2 <= len(writes) <= 2 * (2 + int(elapsed)), (len(writes), elapsed)  # one per probe, per second
+
+    ticks = iter([0.0, 0.5, 0.99, 1.0, 1.2, 0.3, 0.4])  # a clock that goes back recomputes too
+    recent: Recent[int] = Recent(1.0, clock=lambda: next(ticks))
+    calls = iter(range(100))
+    assert [recent.get(lambda: next(calls)) for _ in range(6)] == [0, 0, 0, 1, 1, 2]
+    recent.forget()
+    assert recent.get(lambda: 99) == 99
