@@ -82,9 +82,9 @@ def register(app: Flask) -> None:
         return problem(500, "internal", "Internal error", "an unexpected error occurred; it has been logged")
 
 
-# Refusals reach the durable audit log at most this often per process (a burst, then a steady rate); the rest
-# are counted (appliance_audit_suppressed_total) and the next entry says how many it stands for. Without a key,
-# nobody can grow the log faster than this, nor choose more than the route and 200 characters of the reason.
+# Refusals reach the durable audit log at most this often per process and action (a burst, then a steady rate);
+# the rest are counted (appliance_audit_suppressed_total) and the next entry says how many it stands for. Without
+# a key, nobody can grow the log faster than this, nor choose more than the route and 200 characters of the reason.
 FAILURE_AUDIT_BURST, FAILURE_AUDIT_PER_SECOND = 20, 1.0
 
 
@@ -93,7 +93,8 @@ def _audit_failure(app: Flask, exc: ApplianceError) -> None:
     effort: never masks the error; rate-limited, see above)."""
     action = ("auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error" if isinstance(exc, HsmUnavailable)
               else "service.misconfigured")  # a ConfigError at run time: token or key gone, files altered
-    limiter = app.extensions.setdefault("failure_audit", _FailureAudit())
+    # one budget per action: a flood of forged signatures never hides an HSM error's entry
+    limiter = app.extensions.setdefault("failure_audit", {}).setdefault(action, _FailureAudit())
     suppressed = limiter.admit(time.monotonic())
     if suppressed is None:
         metrics.AUDIT_SUPPRESSED.labels(action).inc()

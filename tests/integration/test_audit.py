@@ -554,12 +554,12 @@ def test_a_flood_of_forged_signatures_cannot_grow_the_log_faster_than_its_limit(
     assert 1 <= len(failed) <= FAILURE_AUDIT_BURST + 5  # the burst, and what the rate refilled meanwhile
     assert {e["subject"] for e in failed} == {"/v1/mint-requests"}
     assert all(len(canonical_json(e)) < 1024 for e in failed)
-    limiter = h.flask.extensions["failure_audit"]
+    limiter = h.flask.extensions["failure_audit"]["auth.failed"]
     counted = sum(e["details"].get("suppressed_before", 0) for e in failed) + limiter.suppressed
     assert counted == 300 - len(failed)  # every other refusal counted, none lost
     assert metric("appliance_audit_suppressed_total", action="auth.failed") - suppressed == counted
     missed = limiter.suppressed
-    h.flask.extensions["failure_audit"].bucket = TokenBucket(1, 1)  # time passes: the budget is back
+    h.flask.extensions["failure_audit"]["auth.failed"].bucket = TokenBucket(1, 1)  # time passes: the budget is back
     assert h.client.post("/v1/mint-requests", json={"jws": forged}).status_code == 401
     last = h.client.get(f"/v1/audit/entries?start={log.head().size - 1}&end={log.head().size}").get_json()
     assert last["entries"][0]["details"]["suppressed_before"] == missed
@@ -594,3 +594,24 @@ def test_a_probe_flood_costs_at_most_one_store_write_per_second(h: Harness) -> N
     assert [recent.get(lambda: next(calls)) for _ in range(6)] == [0, 0, 0, 1, 1, 2]
     recent.forget()
     assert recent.get(lambda: 99) == 99
+
+
+def test_a_flood_of_forged_signatures_does_not_use_up_the_budget_of_hsm_errors(h: Harness) -> None:
+    from appliance.errors import HsmUnavailable
+    from appliance.services.audit import AuditLog
+    from tests.helpers import raising
+
+    forged = h.jws("bob", "mint-request+jws", {"x": 1}).rsplit(".", 1)[0] + ".AAAA"
+    for _ in range(60):
+        h.client.post("/v1/mint-requests", json={"jws": forged})
+    log = AuditLog(h.app_ctx)
+    before = log.head().size
+    with raising(h.app_ctx.hsm, "sign", HsmUnavailable("the HSM went away (simulated)")):
+        response = h.client.post("/v1/attestations", json={"jws": forged})
+    assert response.status_code in (401, 503)
+    req = h.request("alice").get_json()
+    h.approve("bob", req)
+    with raising(h.app_ctx.hsm, "sign", HsmUnavailable("the HSM went away (simulated)")):
+        assert h.approve("carol", req).status_code == 503
+    entries = h.client.get(f"/v1/audit/entries?start={before}&end={log.head().size}").get_json()["entries"]
+    assert "hsm.error" in [e["action"] for e in entries]
