@@ -92,15 +92,13 @@ def check_requester_signed(policy: dict[str, Any], req: dict[str, Any]) -> None:
 def check_within_policy(policy: dict[str, Any], req: dict[str, Any]) -> None:
     """On the approver's own machine: the recipient is on the active policy's allowlist for the chain and the
     amount within its per-request maximum (VerificationFailed otherwise), whatever the service's warnings say."""
-    mint = policy["active"]["bundle"]["policy"]["mint"]
-    listed = any(int(e["chain_id"]) == int(req["chain_id"]) and str(e["address"]).lower() == str(req["to"]).lower()
-                 for e in mint.get("allowlist", []))
-    if not listed:
+    active = PolicyBundle.from_json(policy["active"]["bundle"]).policy
+    if not active.is_allowlisted(int(req["chain_id"]), str(req["to"])):
         raise VerificationFailed(f"{req['to']} is not on the active policy's allowlist for chain {req['chain_id']}: "
                                  "refusing to sign")
-    if not 0 < int(req["amount"]) <= int(mint["max_per_request"]):
+    if not 0 < int(req["amount"]) <= active.mint.max_per_request:
         raise VerificationFailed(f"the amount {req['amount']} is outside the active policy's per-request maximum "
-                                 f"{mint['max_per_request']}: refusing to sign")
+                                 f"{active.mint.max_per_request}: refusing to sign")
 
 
 def check_proposal(policy: dict[str, Any], proposal: dict[str, Any]) -> dict[str, Any]:

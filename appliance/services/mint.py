@@ -245,10 +245,15 @@ class MintService:
     def _cover_closure(self) -> None:
         """Sign a checkpoint over a veto or cancellation just recorded: once the token's head covers it, nobody
         who writes the database can erase it (the log's closures refuse any later signature of the request)."""
+        self._checkpoint_after("a closure")
+
+    def _checkpoint_after(self, what: str, at_least: int = 0) -> None:
+        """A checkpoint over what was just made durable, best effort: its caller's result stands whatever happens
+        here (the periodic checkpoint covers it)."""
         try:
-            self.audit.checkpoint()
-        except (ApplianceError, sa_exc.SQLAlchemyError):  # durable already; the periodic checkpoint covers it
-            log.warning("checkpoint over a closure failed", exc_info=True)
+            self.audit.checkpoint(at_least=at_least)
+        except (ApplianceError, sa_exc.SQLAlchemyError):
+            log.warning("checkpoint after %s failed", what, exc_info=True)
 
     # -- the decision ---------------------------------------------------------------------------------------
 
@@ -462,10 +467,7 @@ class MintService:
         stored_now = signed_entry is not None
         if stored_now:
             metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
-        try:
-            self.audit.checkpoint(at_least=0 if signed_entry is None else signed_entry + 1)
-        except (ApplianceError, sa_exc.SQLAlchemyError):  # the mint is signed and stored: its caller is told so
-            log.warning("checkpoint after a mint authorization failed", exc_info=True)  # the periodic one covers it
+        self._checkpoint_after("a mint authorization", 0 if signed_entry is None else signed_entry + 1)
         if stored_now:
             return self._authorization_json(request, replace(reservation, signature=signature))  # type: ignore[return-value]
         stored = self._stored_authorization(request_id)
