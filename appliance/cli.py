@@ -17,16 +17,22 @@ from typing import Any
 
 import click
 
-from appliance.commands import url_option
+from appliance.client import Client
+from appliance.commands import ANCHOR, url_option
 from appliance.errors import ApplianceError, VerificationFailed
 
 EXIT_FAILED = 1
 
 
 class Context:
-    def __init__(self, config: str | None, url: str | None) -> None:
+    def __init__(self, config: str | None, url: str | None, trust_anchor: str | None = None) -> None:
         self.config_path = config
         self.url_option = url
+        self.trust_anchor = trust_anchor
+
+    def client(self, timeout: float = 30.0) -> Client:
+        """The service's client, verifying the policy history from the pinned trust anchor when one is set."""
+        return Client(self.url(), timeout=timeout, trust_anchor=self.trust_anchor)
 
     def settings(self) -> Any:
         from appliance import config
@@ -56,11 +62,14 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
 @click.option("--config", envvar="APPLIANCE_CONFIG", type=click.Path(dir_okay=False),
               help="appliance.toml (default: $APPLIANCE_CONFIG)")
 @click.option("--url", envvar="APPLIANCE_URL", help="service URL (default: $APPLIANCE_URL, then the config)")
+@click.option("--trust-anchor", envvar="APPLIANCE_TRUST_ANCHOR", type=ANCHOR,
+              help="the first policy bundle's hash (`appliance init` prints it): verify the served policy history "
+                   "from it before signing anything (default: $APPLIANCE_TRUST_ANCHOR)")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, url: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, url: str | None, trust_anchor: str | None) -> None:
     """Reserve-attestation signing appliance."""
     os.umask(0o077)  # the store, its WAL, attestations and holder files: owner only
-    ctx.obj = Context(config, url)
+    ctx.obj = Context(config, url, trust_anchor)
 
 
 @cli.command("dev-init")
@@ -80,6 +89,7 @@ def dev_init(directory: Path, as_json: bool) -> None:
     click.echo(f"  token:    {env.token} (user PIN {env.user_pin}: a throwaway test PIN)")
     click.echo(f"  chain:    {env.chain_id}, verifying contract {env.verifying_contract}")
     click.echo(f"  allowlist: {', '.join(env.allowlist)}")
+    click.echo(f"  trust anchor: {env.trust_anchor} (officers: export APPLIANCE_TRUST_ANCHOR={env.trust_anchor})")
     for op in env.operators:
         click.echo(f"  operator {op['name']:<6} {','.join(op['roles']):<15} {op['key']}")
 
@@ -96,6 +106,7 @@ def init(obj: Context, as_json: bool) -> None:
              for k in result["keys"]]
     lines.append(f"mint signer  {result['mint_signer']}")
     lines.append(f"policy       {result['policy_hash']}{' (pinned now)' if result['policy_pinned_now'] else ''}")
+    lines.append(f"trust anchor {result['trust_anchor']} (officers pin it: APPLIANCE_TRUST_ANCHOR)")
     emit(result, as_json, "\n".join(lines))
 
 
@@ -175,9 +186,7 @@ def keys_export(obj: Context, fmt: str) -> None:
             click.echo(AuditLog(app).verifier_key())
         app.hsm.close()
         return
-    from appliance.client import Client
-
-    client = Client(obj.url())
+    client = obj.client()
     if fmt == "jwks":
         click.echo(json.dumps(client.jwks(), indent=2))
     elif fmt == "note":

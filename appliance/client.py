@@ -14,6 +14,7 @@ import urllib.request
 from typing import Any
 
 from appliance import errors
+from appliance.domain import policy_history
 from appliance.errors import PROBLEM_BASE, ApplianceError, InfrastructureError, Problem
 
 _BY_STATUS: dict[int, type[ApplianceError]] = {
@@ -28,9 +29,12 @@ def new_jti() -> str:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, trust_anchor: str | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
+        #: the first policy bundle's hash as the officer pinned it: when set, policy() verifies the served
+        #: history from it, and nothing the service says about the policy is believed otherwise
+        self.trust_anchor = trust_anchor
 
     def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
@@ -78,8 +82,20 @@ class Client:
     def consistency(self, old: int, new: int) -> dict[str, Any]:
         return self.get("/v1/audit/proof/consistency", old=old, new=new)  # type: ignore[no-any-return]
 
+    def policy_history(self) -> Any:
+        return self.get("/v1/policy/history")
+
     def policy(self) -> dict[str, Any]:
-        return self.get("/v1/policy")  # type: ignore[no-any-return]
+        """GET /v1/policy; with a pinned trust anchor, only once the served history verifies from it (see
+        policy_history.check_served; VerificationFailed otherwise)."""
+        served: dict[str, Any] = self.get("/v1/policy")
+        if self.trust_anchor is None:
+            return served
+        try:
+            return policy_history.check_served(served, self.policy_history(), self.trust_anchor)
+        except policy_history.HistoryBroken as exc:
+            raise errors.VerificationFailed(f"the policy the service sent does not descend from the pinned trust "
+                                            f"anchor {self.trust_anchor}: {exc}; refusing to go on") from exc
 
 
 def _problem(exc: urllib.error.HTTPError) -> ApplianceError:

@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,13 @@ class DevEnvironment:
     verifying_contract: str
     allowlist: list[str]
     operators: list[dict[str, Any]]
+    trust_anchor: str = ""  # the first policy bundle's hash, as pinned in the token by init
 
     def summary(self) -> dict[str, Any]:
         return {"config": str(self.config), "softhsm2_conf": str(self.softhsm2_conf), "token": self.token,
                 "user_pin": self.user_pin, "chain_id": self.chain_id,
                 "verifying_contract": self.verifying_contract, "allowlist": self.allowlist,
-                "operators": self.operators}
+                "operators": self.operators, "trust_anchor": self.trust_anchor}
 
 
 def create_token_script() -> Path:
@@ -127,8 +128,8 @@ def dev_init(directory: Path) -> DevEnvironment:
     from appliance import config as config_module
     from appliance.services import setup
 
-    setup.init(config_module.load(env.config))
-    return env
+    initialised = setup.init(config_module.load(env.config))
+    return replace(env, trust_anchor=initialised["trust_anchor"])
 
 
 def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin: str,

@@ -70,6 +70,9 @@ def document() -> dict[str, Any]:
         "/v1/attestations/{seq}": {"get": _op("One attestation (compact JWS)", ok_type="application/jose",
                                               errors=(404,), params=[_p("seq", "integer")])},
         "/v1/policy": {"get": _op("Active policy bundle and pending proposals")},
+        "/v1/policy/history": {"get": _op("The anchored activation history with every proposal and vote JWS, for a "
+                                          "client that verifies it from its own pinned trust anchor",
+                                          errors=(503,))},
         "/v1/policy/proposals": {"post": _op("Propose a policy bundle", errors=(400, 401, 403, 409, 415),
                                              body="{\"jws\": compact JWS by a security admin}")},
         "/v1/policy/proposals/{id}/approvals": {

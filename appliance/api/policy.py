@@ -14,6 +14,12 @@ def show() -> Response:
     return jsonify(services().policies.describe())
 
 
+@bp.get("/history")
+def history() -> Response:
+    """The anchored activation history, for a client that verifies it from its own pinned trust anchor."""
+    return jsonify(services().policies.served_history())
+
+
 @bp.post("/proposals")
 def propose() -> tuple[Response, int]:
     body = json_object("jws")

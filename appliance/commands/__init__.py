@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from appliance.client import Client
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -28,6 +30,21 @@ class IdType(click.ParamType[str]):
 ID = IdType()
 
 
+class AnchorType(click.ParamType[str]):
+    """A policy bundle hash (64 lowercase hex digits) as `appliance init` prints it."""
+
+    name = "HASH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", text):
+            self.fail(f"{value!r} is not a policy bundle hash (64 hex digits)", param, ctx)
+        return text
+
+
+ANCHOR = AnchorType()
+
+
 def url_option(f: F) -> F:
     """`--url` on a command that talks to the service (overrides the top-level --url and $APPLIANCE_URL)."""
     def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -36,3 +53,10 @@ def url_option(f: F) -> F:
 
     return click.option("--url", expose_value=False, callback=remember, is_eager=False,
                         help="service URL (default: $APPLIANCE_URL, then the config)")(f)
+
+
+def warn_unpinned(client: Client, as_json: bool) -> None:
+    """Say, before an approval, that the policy shown is only the service's word when no anchor is pinned."""
+    if client.trust_anchor is None and not as_json:
+        click.echo("warning: no trust anchor pinned (--trust-anchor or $APPLIANCE_TRUST_ANCHOR): the policy shown "
+                   "is the service's word, not verified from the first bundle", err=True)

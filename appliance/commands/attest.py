@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from appliance.client import Client
 from appliance.commands import url_option
 from appliance.domain import messages
 from appliance.domain.canonical import parse_json_strict
@@ -57,7 +56,7 @@ def reserves() -> None:
 def sign_report(ctx: click.Context, report_file: Path, operator: str, key: str, out: Path) -> None:
     """Sign REPORT_FILE (the reserve report's JSON) as custodian OPERATOR, for an auditor to attest from."""
     signer = load_key(key)
-    enrolled = check_enrolled(signer, operator, Client(ctx.obj.url()).policy())
+    enrolled = check_enrolled(signer, operator, ctx.obj.client().policy())
     if "custodian" not in enrolled.get("roles", []):
         raise click.ClickException(f"{operator} is not enrolled as a custodian")
     report = _json_file(report_file)
@@ -83,7 +82,7 @@ def sign_report(ctx: click.Context, report_file: Path, operator: str, key: str, 
 def attest(ctx: click.Context, operator: str, key: str, reserves_file: Path, supply_file: Path,
            holders_file: Path | None, out: Path | None, as_json: bool) -> None:
     """Ask the service for a signed reserve attestation over these inputs."""
-    client = Client(ctx.obj.url(), timeout=300)
+    client = ctx.obj.client(timeout=300)
     signer = load_key(key)
     check_enrolled(signer, operator, client.policy())
     payload = {"reserves": _report_jws(reserves_file), "supply": _json_file(supply_file),
@@ -108,7 +107,7 @@ def attestations() -> None:
 @click.pass_context
 def fetch(ctx: click.Context, directory: Path) -> None:
     """Download every attestation (as SEQ.jws) and the JWKS into DIRECTORY, for offline verification."""
-    client = Client(ctx.obj.url())
+    client = ctx.obj.client()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "jwks.json").write_text(json.dumps(client.jwks(), indent=2), encoding="utf-8")
     before, count = None, 0

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from appliance.client import Client
 from appliance.commands import url_option
 from appliance.errors import InvalidInput
 from appliance.verify import check_state, verify_log
@@ -54,7 +53,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 def verify(ctx: click.Context, state_path: Path | None, key: str | None, jwks_file: Path | None,
            as_json: bool) -> None:
     """Fetch checkpoint and entries, recompute the tree, check consistency with the last checkpoint seen."""
-    client = Client(ctx.obj.url())
+    client = ctx.obj.client()
     state = _load_state(state_path)
     jwks = None
     if jwks_file is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from appliance.client import Client
-from appliance.commands import ID, url_option
+from appliance.commands import ID, url_option, warn_unpinned
 from appliance.domain import amounts, eip712, messages
 from appliance.errors import VerificationFailed
 from appliance.operator import (
@@ -25,7 +25,8 @@ def mint() -> None:
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.url())
+    client: Client = ctx.obj.client()
+    return client
 
 
 def _operator(client: Client, name: str, key: str) -> Any:
@@ -113,6 +114,7 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
         raise VerificationFailed("the typed data does not match the request fields: refusing to sign")
     decision = "reject" if reject else "approve"
     if not reject:
+        warn_unpinned(client, as_json)
         policy = client.policy()
         check_requester_signed(policy, req)
         check_within_policy(policy, req)

@@ -9,10 +9,11 @@ from typing import Any
 
 import click
 
-from appliance.client import Client
-from appliance.commands import ID, url_option
-from appliance.domain import messages
+from appliance.commands import ID, url_option, warn_unpinned
+from appliance.domain import messages, policy_history
+from appliance.domain import signed as signed_module
 from appliance.domain.bundle_diff import diff
+from appliance.errors import VerificationFailed
 from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
 
 
@@ -40,7 +41,7 @@ def _toml(path: Path) -> dict[str, Any]:
 def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, operator: str, key: str,
             as_json: bool) -> None:
     """Propose POLICY_FILE (and optionally a new operator set) as the next bundle."""
-    client = Client(ctx.obj.url())
+    client = ctx.obj.client()
     signer = load_key(key)
     current = client.policy()
     check_enrolled(signer, operator, current)
@@ -69,7 +70,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
 
     The bundle is recomputed here from the proposer's signed proposal and compared with what the service lists:
     a proposal rewritten in the database, or built on an older bundle, is refused before anything is signed."""
-    client = Client(ctx.obj.url())
+    client = ctx.obj.client()
     signer = load_key(key)
     current = client.policy()
     check_enrolled(signer, operator, current)
@@ -77,6 +78,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
     if proposal is None:
         raise click.ClickException(f"no pending proposal {proposal_id}")
     if not reject:
+        warn_unpinned(client, as_json)
         proposed = check_proposal(current, proposal)
         if not as_json:
             changes = diff(current["active"]["bundle"], proposed)
@@ -97,7 +99,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
 @click.pass_context
 def show(ctx: click.Context, as_json: bool) -> None:
     """The active bundle, its hash, and pending proposals."""
-    current = Client(ctx.obj.url()).policy()
+    current = ctx.obj.client().policy()
     if as_json:
         click.echo(json.dumps(current, indent=2))
         return
@@ -108,3 +110,40 @@ def show(ctx: click.Context, as_json: bool) -> None:
         votes = ", ".join(f"{v['operator']}:{v['decision']}" for v in p["approvals"]) or "no votes"
         click.echo(f"proposal {p['id']} bundle {p['hash']} by {p['proposed_by']}: {votes}"
                    + (f" (cannot be approved: {p['problem']})" if p.get("problem") else ""))
+
+
+@policy.command("history")
+@click.option("--json", "as_json", is_flag=True)
+@url_option
+@click.pass_context
+def history(ctx: click.Context, as_json: bool) -> None:
+    """The policy activation history, verified here from the pinned trust anchor: who proposed and who approved
+    each bundle. With no anchor pinned it is verified from the first bundle the service names: compare that hash
+    with the one `appliance init` printed, and pin it."""
+    client = ctx.obj.client()
+    served = client.policy_history()
+    anchor = client.trust_anchor or (served.get("anchor") if isinstance(served, dict) else None)
+    try:
+        activations = policy_history.parse_served(served)
+        policy_history.verify_history(str(anchor), activations)
+    except policy_history.HistoryBroken as exc:
+        raise VerificationFailed(f"the policy history does not verify from the trust anchor {anchor}: {exc}") from exc
+    steps: list[dict[str, Any]] = []
+    for previous, step in zip([None, *activations], activations, strict=False):
+        approvers: list[str] = []
+        proposer = "init"
+        if previous is not None:
+            signed = signed_module.verify_stored(step.proposal_jws or "", previous.bundle,
+                                                  messages.TYP_POLICY_PROPOSAL)  # it verified: see verify_history
+            proposer = signed[0].name if signed else "?"
+            approvers = sorted(policy_history.tally(step.id, step.hash, step.proposal_jws, step.votes,
+                                                    previous.bundle)[0])
+        steps.append({"seq": step.seq, "hash": step.hash, "proposer": proposer, "approvers": approvers})
+    result = {"anchor": anchor, "pinned": client.trust_anchor is not None, "verified": True, "activations": steps}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for s in steps:
+        click.echo(f"{s['seq']:>3} {s['hash']} proposed by {s['proposer']}"
+                   + (f", approved by {', '.join(s['approvers'])}" if s["approvers"] else ""))
+    click.echo(f"verified from the {'pinned' if result['pinned'] else 'served (NOT pinned)'} trust anchor {anchor}")

@@ -8,8 +8,6 @@ transaction as the state change so a replay is refused across restarts and insta
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +26,13 @@ from appliance.domain.messages import TYP_POLICY_PROPOSAL as TYP_POLICY_PROPOSAL
 from appliance.domain.messages import TYP_RESERVE_REPORT as TYP_RESERVE_REPORT
 from appliance.domain.messages import dumps as dumps
 from appliance.domain.policy import Operator, PolicyBundle
+from appliance.domain.signed import OPERATOR_ALGS as OPERATOR_ALGS
+from appliance.domain.signed import verify_operator_signature
+from appliance.domain.signed import verify_stored as verify_stored
 from appliance.errors import ApplianceError, Conflict, Forbidden, InvalidInput, Unauthenticated
 from appliance.store.tables import seen_tokens
 
 IAT_SKEW_SECONDS = 300
-OPERATOR_ALGS = frozenset({"EdDSA", "ES256"})
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,6 @@ def _operator_for_kid(bundle: PolicyBundle, kid: object) -> Operator:
     if operator is None:
         raise Unauthenticated("no enrolled operator has the key named by `kid`")
     return operator
-
-
-@functools.lru_cache(maxsize=16384)
-def _verify_operator_signature(token: str, jwk: Mapping[str, str], typ: str) -> None:
-    """jose.verify_compact of an operator's token under exactly this key and typ; raises if it fails.
-
-    Only successes are remembered (lru_cache never caches an exception): the same token text under the same
-    key always verifies, so a stored approval is not verified again on every quorum evaluation, while a row
-    whose text was edited misses the cache and is verified for real."""
-    jose.verify_compact(token, dict(jwk), algs=OPERATOR_ALGS, typ=typ, location="jws")
 
 
 def authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str], now: int) -> Authenticated:
@@ -95,7 +85,7 @@ def _signed_by_operator(token: object, bundle: PolicyBundle, *, typ: str, roles:
         raise Unauthenticated(f"the JWS `typ` must be {typ!r} for this operation")
     operator = _operator_for_kid(bundle, parsed.header.get("kid"))
     try:
-        _verify_operator_signature(token, operator.jwk, typ)
+        verify_operator_signature(token, operator, typ)
     except ApplianceError as exc:
         raise Unauthenticated(f"the signature of {operator.name} does not verify: {exc.detail}") from exc
     if not operator.enabled:
@@ -120,23 +110,6 @@ def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: froze
     if not isinstance(jti, str) or not 16 <= len(jti) <= 128 or not jti.isascii() or not jti.isprintable():
         raise InvalidInput("jws.payload.jti must be a unique printable ASCII string of 16 to 128 characters")
     return Authenticated(operator=operator, payload=payload, token=token, jti=jti, iat=iat)
-
-
-def verify_stored(token: str, bundle: PolicyBundle, typ: str) -> tuple[Operator, dict[str, Any]] | None:
-    """A JWS accepted earlier, checked again as read back from storage: signed by the operator its `kid` names
-    in `bundle`, of type `typ`, with a JSON object payload. Returns (operator, payload), or None when it does not
-    verify. No clock or replay checks (they held when it was accepted) and no role or enabled checks (the
-    caller's policy decides). This is what keeps a forged or edited database row from counting."""
-    try:
-        parsed = jose.parse_compact(token, "jws")
-        if parsed.header.get("typ") != typ:
-            return None
-        operator = _operator_for_kid(bundle, parsed.header.get("kid"))
-        _verify_operator_signature(token, operator.jwk, typ)
-        payload = parse_json_strict(parsed.payload, "jws.payload")
-    except ApplianceError:
-        return None
-    return (operator, payload) if isinstance(payload, dict) else None
 
 
 def consume_jti(conn: Connection, auth: Authenticated, now: int) -> None:

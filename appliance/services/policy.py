@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from appliance import metrics
-from appliance.domain import heads, jose
+from appliance.domain import heads, policy_history
 from appliance.domain.attestation import prev_digest
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import (
@@ -33,18 +33,15 @@ from appliance.domain.policy import (
     PolicyBundle,
     parse_operators,
     parse_policy,
-    unreachable_governance,
     unreachable_mint_tiers,
 )
 from appliance.errors import (
-    ApplianceError,
     ConfigError,
     Conflict,
     InfrastructureError,
     InvalidInput,
     NotFound,
     PolicyViolation,
-    Problem,
 )
 from appliance.services import auth
 from appliance.services.audit import AuditLog
@@ -86,28 +83,8 @@ def load_bundle_files(policy_file: Path, operators_file: Path) -> PolicyBundle:
             raise ConfigError(f"{path} not found") from exc
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path.name} cannot be read as TOML: {exc}") from exc
-    return checked(PolicyBundle(parse_policy(data["policy"], policy_file.name),
+    return policy_history.checked(PolicyBundle(parse_policy(data["policy"], policy_file.name),
                                 parse_operators(data["operators"], operators_file.name)))
-
-
-def checked(bundle: PolicyBundle) -> PolicyBundle:
-    """The bundle, once every operator key is a valid Ed25519 or P-256 public JWK."""
-    problems = []
-    for op in bundle.operators:
-        where = f"operators.toml: {op.name}.jwk"
-        try:
-            jose.public_key_from_jwk(dict(op.jwk), where)
-            if jose.jwk_alg(dict(op.jwk)) not in auth.OPERATOR_ALGS:
-                problems.append(Problem(where, "operator keys are Ed25519 or P-256"))
-        except InvalidInput as exc:
-            problems.extend(exc.problems or [Problem(where, exc.detail)])
-    if problems:
-        raise InvalidInput("operator keys are not valid", problems)
-    unreachable = unreachable_governance(bundle)
-    if unreachable:
-        raise InvalidInput("the operators could never meet the governance quorum: the policy would be locked",
-                           unreachable)
-    return bundle
 
 
 class PolicyHistoryInvalid(InfrastructureError):
@@ -202,21 +179,10 @@ class PolicyService:
 
     @staticmethod
     def _check_history(conn: Connection, anchor: str, rows: Sequence[Any], bundles: list[PolicyBundle]) -> None:
-        if rows[0].activated_seq != 1 or bundles[0].hash != anchor:
-            raise PolicyHistoryInvalid("the first policy bundle in the database is not the one pinned in the HSM")
-        for i, (row, bundle) in enumerate(zip(rows, bundles, strict=True)):
-            if row.activated_seq != i + 1 or bundle.hash != row.hash:
-                raise PolicyHistoryInvalid(f"policy bundle {row.hash} was altered or its activation reordered")
-            if i == 0:
-                continue
-            previous = bundles[i - 1]
-            fault = _vouched_proposal(row, rows[i - 1].hash, previous)
-            if isinstance(fault, str):
-                raise PolicyHistoryInvalid(f"policy bundle {row.hash}: {fault}")
-            approvers, rejecters = _tally(conn, row, previous)
-            if rejecters or len(approvers) < previous.policy.governance.approvals:
-                raise PolicyHistoryInvalid(f"policy bundle {row.hash} lacks a verifying quorum of the previous "
-                                           "bundle's security admins")
+        try:
+            policy_history.verify_history(anchor, _activations(conn, rows, bundles))
+        except policy_history.HistoryBroken as exc:
+            raise PolicyHistoryInvalid(str(exc)) from exc
 
     def anchor(self) -> str | None:
         """The hash of the first bundle, as pinned in the HSM token (None before `init`); read once a process."""
@@ -281,6 +247,19 @@ class PolicyService:
             bundle = self._parsed[text] = PolicyBundle.from_json(json.loads(text))
         return bundle
 
+    def served_history(self) -> dict[str, Any]:
+        """The verified, anchored activation history with everything a client needs to verify it again from its
+        own pinned anchor: each bundle, its proposer's JWS and every vote JWS recorded for it. Served only once it
+        verified here (PolicyHistoryInvalid or RollbackDetected otherwise, 503)."""
+        with self.app.db.read() as conn:
+            rows = self._history_rows(conn)
+            bundles = self._verified(conn, rows)
+            self._check_head([r.hash for r in rows])
+            history = _activations(conn, rows, bundles)
+        return {"anchor": history[0].hash, "head": {"seq": len(history), "hash": history[-1].hash},
+                "activations": [{"seq": a.seq, "id": a.id, "hash": a.hash, "bundle": a.bundle.to_json(),
+                                 "proposal_jws": a.proposal_jws, "votes": list(a.votes)} for a in history]}
+
     def describe(self) -> dict[str, Any]:
         with self.app.db.read() as conn:
             active = self.active(conn)
@@ -302,7 +281,7 @@ class PolicyService:
     @staticmethod
     def _proposal_state(row: Any, active: ActiveBundle) -> dict[str, Any]:
         """base and expires_at as the proposer signed them, or why the proposal can no longer be approved."""
-        proposal = _vouched_proposal(row, active.hash, active.bundle)
+        proposal = policy_history.vouched_proposal(row.proposal_jws, row.hash, active.hash, active.bundle)
         if isinstance(proposal, str):
             return {"base": None, "expires_at": None, "problem": proposal}
         ttl = active.bundle.policy.governance.proposal_ttl_seconds
@@ -340,7 +319,7 @@ class PolicyService:
         if base != active.hash:
             raise Conflict(f"the proposal is built on bundle {base}, but the active bundle is {active.hash}: "
                            "fetch the policy again and propose on it")
-        proposed = self._proposed_bundle(who.payload, active.bundle)
+        proposed = policy_history.proposed_bundle(who.payload, active.bundle)
         digest = proposed.hash
         proposal_id = str(uuid.uuid4())
 
@@ -361,17 +340,6 @@ class PolicyService:
                 "expires_at": who.iat + active.bundle.policy.governance.proposal_ttl_seconds,
                 "governance": _governance_text(active.bundle),
                 "warnings": [str(p) for p in unreachable_mint_tiers(proposed)]}
-
-    @staticmethod
-    def _proposed_bundle(payload: dict[str, Any], current: PolicyBundle) -> PolicyBundle:
-        """The proposal's policy (policy.toml as a table) and operators (operators.toml, or null to keep)."""
-        policy_data, operators_data = payload.get("policy"), payload.get("operators")
-        if not isinstance(policy_data, dict):
-            raise InvalidInput("jws.payload.policy must be the policy.toml table")
-        if operators_data is not None and not isinstance(operators_data, dict):
-            raise InvalidInput("jws.payload.operators must be the operators.toml table or null")
-        operators = current.operators if operators_data is None else parse_operators(operators_data)
-        return checked(PolicyBundle(parse_policy(policy_data), operators))
 
     def approve(self, proposal_id: str, token: object) -> dict[str, Any]:
         """Record a security admin's vote; activate the bundle when the current governance quorum is met."""
@@ -415,7 +383,7 @@ class PolicyService:
             raise NotFound(f"no policy proposal {proposal_id}")
         if row.status != "proposed":
             raise Conflict(f"proposal {proposal_id} is {row.status}")
-        proposal = _vouched_proposal(row, active.hash, active.bundle)
+        proposal = policy_history.vouched_proposal(row.proposal_jws, row.hash, active.hash, active.bundle)
         if isinstance(proposal, str):
             raise Conflict(f"proposal {proposal_id} cannot be approved: {proposal}")
         ttl = active.bundle.policy.governance.proposal_ttl_seconds
@@ -428,7 +396,8 @@ class PolicyService:
         governance = active.bundle.policy.governance
         # Counted exactly as the history check will count them later: only votes whose stored JWS verifies
         # under the active bundle's keys (an admin's key may have been rotated since they voted).
-        approvers, rejecters = _tally(conn, row, active.bundle)
+        approvers, rejecters = policy_history.tally(row.id, row.hash, row.proposal_jws, _votes(conn, row.id),
+                                                    active.bundle)
         if rejecters:
             conn.execute(update(policy_bundles).where(policy_bundles.c.id == row.id).values(status="rejected"))
             self.audit.record(conn, actor="appliance", action="policy.rejected", subject=row.hash,
@@ -447,49 +416,18 @@ class PolicyService:
         return {"id": row.id, "hash": row.hash, "status": "active", "approvals": sorted(approvers)}
 
 
-def _vouched_proposal(row: Any, base_hash: str, base: PolicyBundle) -> dict[str, Any] | str:
-    """The payload of the stored proposal `row` if its proposer signed exactly it: the proposal JWS verifies
-    under `base`'s keys, by an enabled security admin, names `base_hash` as its base, and its policy and operators
-    give the row's bundle hash. Otherwise the reason (a str). Whoever writes the database cannot make a
-    proposer's signature name another bundle, and a proposal built on an older bundle never undoes a newer one."""
-    verified = auth.verify_stored(row.proposal_jws or "", base, auth.TYP_POLICY_PROPOSAL)
-    if verified is None:
-        return "the stored proposal does not verify as signed by an operator of the bundle it changes"
-    operator, payload = verified
-    if not operator.enabled or POLICY_PROPOSER_ROLE not in operator.roles:
-        return f"{operator.name} may not propose policy changes"
-    if payload.get("base") != base_hash:
-        return f"it was proposed on bundle {payload.get('base')}, not on the active bundle {base_hash}"
-    try:
-        proposed = PolicyService._proposed_bundle(payload, base)
-    except ApplianceError:
-        return "the signed proposal does not give a valid bundle"
-    if proposed.hash != row.hash or isinstance(payload.get("iat"), bool) or not isinstance(payload.get("iat"), int):
-        return "the stored bundle is not the one its proposer signed"
-    return payload
+def _votes(conn: Connection, bundle_id: str) -> tuple[str, ...]:
+    """Every vote JWS stored for the proposal `bundle_id` (each one counts only if it verifies)."""
+    return tuple(conn.execute(select(policy_approvals.c.jws).where(policy_approvals.c.bundle_id == bundle_id)
+                              .order_by(policy_approvals.c.operator)).scalars())
 
 
-def _tally(conn: Connection, row: Any, governing: PolicyBundle) -> tuple[set[str], set[str]]:
-    """(approvers, rejecters) of proposal `row` among `governing`'s enabled eligible operators, counting only
-    stored votes whose JWS verifies under `governing`'s keys and names this proposal and its hash."""
-    eligible_roles = set(governing.policy.governance.eligible_roles)
-    proposer = auth.verify_stored(row.proposal_jws or "", governing, auth.TYP_POLICY_PROPOSAL)
-    excluded = None if governing.policy.governance.proposer_counts or proposer is None else proposer[0].name
-    approvers: set[str] = set()
-    rejecters: set[str] = set()
-    for vote in conn.execute(select(policy_approvals.c.jws).where(policy_approvals.c.bundle_id == row.id)):
-        verified = auth.verify_stored(vote.jws, governing, auth.TYP_POLICY_APPROVAL)
-        if verified is None:
-            continue
-        operator, payload = verified
-        if (not operator.enabled or not operator.roles & eligible_roles or operator.name == excluded
-                or payload.get("proposal") != row.id or payload.get("hash") != row.hash):
-            continue
-        if payload.get("decision") == "approve":
-            approvers.add(operator.name)
-        elif payload.get("decision") == "reject":
-            rejecters.add(operator.name)
-    return approvers, rejecters
+def _activations(conn: Connection, rows: Sequence[Any], bundles: Sequence[PolicyBundle]
+                 ) -> list[policy_history.Activation]:
+    """The stored activation history as the pure verifier takes it (the first bundle's votes are never read)."""
+    return [policy_history.Activation(r.activated_seq, r.id, r.hash, b, r.proposal_jws,
+                                      _votes(conn, r.id) if i else ())
+            for i, (r, b) in enumerate(zip(rows, bundles, strict=True))]
 
 
 def _governance_text(bundle: PolicyBundle) -> str:

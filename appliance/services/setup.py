@@ -22,7 +22,7 @@ def init(settings: Settings) -> dict[str, Any]:
         log.ensure_head()
         policies = PolicyService(app)
         digest, pinned = policies.pin_initial(bundle)
-        policies.pin_anchor()
+        anchor = policies.pin_anchor()
         created = [s.label for s in statuses if s.created]
         if created:
             log.record_standalone(actor="init", action="keys.created", subject=None,
@@ -32,6 +32,7 @@ def init(settings: Settings) -> dict[str, Any]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return {"keys": [{"purpose": s.purpose, "label": s.label, "created": s.created} for s in statuses],
                 "jwks": keys.public_jwks(app), "policy_hash": digest, "policy_pinned_now": pinned,
+                "trust_anchor": anchor,
                 "mint_signer": app.mint_signer.address, "checkpoint": note}
     finally:
         app.hsm.close()

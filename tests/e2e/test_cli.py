@@ -49,7 +49,7 @@ class Service:
     directory: Path
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "APPLIANCE_URL": self.url}
+        env = {**os.environ, "APPLIANCE_URL": self.url, "APPLIANCE_TRUST_ANCHOR": self.dev["trust_anchor"]}
         env.pop("SOFTHSM2_CONF", None)  # the config names its own token directory
         return run(*args, env=env, check=check)
 
@@ -121,7 +121,8 @@ def test_serve_keeps_its_files_private_and_leaves_no_metrics_directory_behind(tm
 def test_dev_init_summary_has_the_documented_shape(service: Service) -> None:
     dev = service.dev
     assert set(dev) == {"config", "softhsm2_conf", "token", "user_pin", "chain_id", "verifying_contract",
-                        "allowlist", "operators"}
+                        "allowlist", "operators", "trust_anchor"}
+    assert len(dev["trust_anchor"]) == 64 and int(dev["trust_anchor"], 16) >= 0
     assert Path(dev["config"]).is_absolute() and Path(dev["config"]).exists()
     roles = {op["name"]: op["roles"] for op in dev["operators"]}
     assert roles == {"alice": ["treasury"], "bob": ["treasury"], "carol": ["treasury"], "dave": ["cfo"],
@@ -317,6 +318,10 @@ def test_policy_change_and_cancellation_through_the_cli(service: Service, tmp_pa
                          "--yes")
     assert "active" in second.stdout
     assert json.loads(service.cli("policy", "show", "--json").stdout)["active"]["hash"] == proposal["hash"]
+    history = json.loads(service.cli("policy", "history", "--json").stdout)  # verified from the pinned anchor
+    assert history["pinned"] and history["anchor"] == service.dev["trust_anchor"]
+    assert [(a["seq"], a["proposer"], a["approvers"]) for a in history["activations"]][-1] == (
+        2, "erin", ["erin", "frank"])
     to = service.dev["allowlist"][0]
     req = json.loads(service.cli("mint", "request", "--operator", "alice", "--key", service.key("alice"),
                                  "--to", to, "--amount", "5", "--json").stdout)

@@ -6,6 +6,7 @@ import copy
 import tomllib
 from typing import Any
 
+import pytest
 import tomli_w
 
 from appliance.services import auth
@@ -176,7 +177,7 @@ def _install(h: Harness, policy: dict[str, Any], operators: dict[str, Any], vote
 
 
 def _refuses_to_act(h: Harness) -> None:
-    for response in (h.client.get("/v1/policy"), h.request()):
+    for response in (h.client.get("/v1/policy"), h.client.get("/v1/policy/history"), h.request()):
         assert response.status_code == 503, response.get_json()
         assert response.get_json()["type"].endswith("policy-history-invalid")
         assert response.content_type == "application/problem+json"
@@ -311,3 +312,25 @@ def test_disabling_an_officer_stays_possible_and_warns_of_an_unreachable_tier(h:
     response = propose(h, policy, operators)
     assert response.status_code == 201
     assert any("tiers[1].approvals" in w for w in response.get_json()["warnings"])
+
+
+def test_the_served_history_verifies_on_a_client_from_the_anchor_in_the_token(h: Harness) -> None:
+    """What `GET /v1/policy/history` serves is enough for an officer's machine to verify the active bundle from
+    the first bundle's hash alone (the pure verifier the CLI runs), including votes by the proposer."""
+    from appliance.domain import policy_history
+
+    policy, _ = tables(h)
+    policy["name"] = "second"
+    second = enact(h, policy)
+    policy["name"] = "third"
+    third = enact(h, policy)
+    served = h.client.get("/v1/policy/history")
+    assert served.status_code == 200
+    body = served.get_json()
+    anchor = h.app_ctx.token.anchor()
+    assert body["anchor"] == anchor and body["head"] == {"seq": 3, "hash": third}
+    assert [a["hash"] for a in body["activations"]][1:] == [second, third]
+    checked = policy_history.check_served(current(h), body, str(anchor))
+    assert checked["active"]["hash"] == third
+    with pytest.raises(policy_history.HistoryBroken):
+        policy_history.check_served(current(h), {**body, "activations": body["activations"][:2]}, str(anchor))
