@@ -192,8 +192,7 @@ def write_example_reports(directory: Path, contract: str, custodian_key: Any = N
     custodian's key also the signed report (reserves.jws) an auditor attests from."""
     import json
 
-    from appliance.operator import sign_reserve_report
-    from appliance.signing import SoftwareSigner
+    from appliance.operator import SoftwareSigner, sign_reserve_report
 
     reserves = {
         "as_of": as_of, "currency": "HKD", "decimals": 2,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from appliance.client import new_jti
 from appliance.domain import jose
@@ -18,7 +20,34 @@ from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, TYP
 from appliance.domain.mint_rules import nonce_for
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
 from appliance.errors import ApplianceError, ConfigError, VerificationFailed
-from appliance.signing import SoftwareSigner
+
+
+@dataclass(frozen=True)
+class SoftwareSigner:
+    """A key held in software: operators' personal keys (they sign locally) and test doubles."""
+
+    private_key: Any
+    alg: str
+
+    @classmethod
+    def for_key(cls, private_key: Any) -> SoftwareSigner:
+        if isinstance(private_key, ed25519.Ed25519PrivateKey):
+            return cls(private_key, "EdDSA")
+        if isinstance(private_key, ec.EllipticCurvePrivateKey):
+            alg = {"secp256r1": "ES256", "secp256k1": "ES256K"}.get(private_key.curve.name)
+            if alg:
+                return cls(private_key, alg)
+        raise ValueError("operator keys are Ed25519, P-256 or secp256k1")
+
+    def public_jwk(self) -> dict[str, str]:
+        return jose.public_jwk(self.private_key.public_key())
+
+    @property
+    def key_id(self) -> str:
+        return jose.thumbprint(self.public_jwk())
+
+    def sign(self, message: bytes) -> bytes:
+        return jose.software_sign(self.private_key, self.alg, message)
 
 
 def load_key(path: str | Path) -> SoftwareSigner:

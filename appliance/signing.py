@@ -120,34 +120,6 @@ class HsmSigner:
         return eip712.address_from_public_key(self.point)
 
 
-@dataclass(frozen=True)
-class SoftwareSigner:
-    """A key held in software: operators' personal keys (they sign locally) and test doubles."""
-
-    private_key: Any
-    alg: str
-
-    @classmethod
-    def for_key(cls, private_key: Any) -> SoftwareSigner:
-        if isinstance(private_key, ed25519.Ed25519PrivateKey):
-            return cls(private_key, "EdDSA")
-        if isinstance(private_key, ec.EllipticCurvePrivateKey):
-            alg = {"secp256r1": "ES256", "secp256k1": "ES256K"}.get(private_key.curve.name)
-            if alg:
-                return cls(private_key, alg)
-        raise ValueError("operator keys are Ed25519, P-256 or secp256k1")
-
-    def public_jwk(self) -> dict[str, str]:
-        return jose.public_jwk(self.private_key.public_key())
-
-    @property
-    def key_id(self) -> str:
-        return jose.thumbprint(self.public_jwk())
-
-    def sign(self, message: bytes) -> bytes:
-        return jose.software_sign(self.private_key, self.alg, message)
-
-
 def sign_jws(signer: Signer, payload: bytes, typ: str, extra: dict[str, Any] | None = None) -> str:
     """Compact JWS with `alg`, `kid` (thumbprint) and `typ` in the protected header."""
     header: dict[str, Any] = {"alg": signer.alg, "kid": signer.key_id, "typ": typ, **(extra or {})}

@@ -19,10 +19,9 @@ from appliance import config
 from appliance.api import create_app
 from appliance.domain import jose
 from appliance.domain.messages import TYP_RESERVE_REPORT
-from appliance.operator import load_key
+from appliance.operator import SoftwareSigner, load_key
 from appliance.services import auth, context
 from appliance.services.context import Appliance
-from appliance.signing import SoftwareSigner
 
 
 class Clock:

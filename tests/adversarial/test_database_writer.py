@@ -19,10 +19,9 @@ from appliance.domain import jose
 from appliance.domain.canonical import canonical_json
 from appliance.domain.policy import PolicyBundle
 from appliance.errors import VerificationFailed
-from appliance.operator import check_requester_signed, check_within_policy
+from appliance.operator import SoftwareSigner, check_requester_signed, check_within_policy
 from appliance.services import auth
 from appliance.services.mint import RECOVERY_AFTER_SECONDS
-from appliance.signing import SoftwareSigner
 from tests.helpers import Harness, digest_of, metric
 
 ELSEWHERE = "0x000000000000000000000000000000000000dEaD"  # on no allowlist

@@ -521,7 +521,7 @@ def _forged_approval(h: Harness, req: dict[str, Any], impersonated: str) -> str:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     from appliance.domain import jose
-    from appliance.signing import SoftwareSigner
+    from appliance.operator import SoftwareSigner
     real = h.signer(impersonated)
     key = ed25519.Ed25519PrivateKey.generate() if real.alg == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
     forger = SoftwareSigner.for_key(key)

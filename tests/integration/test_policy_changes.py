@@ -268,7 +268,7 @@ def test_a_vote_signed_with_a_since_rotated_key_does_not_count(h: Harness) -> No
     was built on, so once the rotation lands it is stale and no vote on it is taken at all."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from appliance.signing import SoftwareSigner
+    from appliance.operator import SoftwareSigner
 
     policy, operators = tables(h)
     policy["name"] = "p2"

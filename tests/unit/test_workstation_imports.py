@@ -1,0 +1,22 @@
+"""An officer's workstation runs the CLI's client commands: they need neither the service, its store nor an HSM
+library (issue 11: the JWS helpers and TYP_* constants live in the domain)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CLIENT_COMMANDS = ["appliance.cli", "appliance.commands.mint", "appliance.commands.policy",
+                   "appliance.commands.attest", "appliance.commands.audit", "appliance.commands.verify",
+                   "appliance.operator", "appliance.client"]
+FORBIDDEN = ("sqlalchemy", "pkcs11", "flask", "alembic", "prometheus_client", "appliance.services",
+             "appliance.store", "appliance.hsm", "appliance.api", "appliance.signing")
+
+
+def test_the_client_commands_import_no_service_store_or_hsm_code() -> None:
+    code = ("import importlib, json, sys\n"
+            f"for m in {CLIENT_COMMANDS!r}: importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout) == []
