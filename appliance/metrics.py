@@ -35,7 +35,7 @@ AUDIT_WRITE_FAILURES = Counter("appliance_audit_write_failures_total",
 INTEGRITY_FAILURES = Counter("appliance_integrity_failures_total",
                              "Checks of the store against the anchor and the heads in the HSM token that failed "
                              "(rollback, fork, rewrite); the appliance refused to act on it.", ["history"])
-for _history in ("policy", "audit", "attestation"):
+for _history in ("policy", "audit", "attestation", "mint"):  # mint: a stored authorization that does not verify
     INTEGRITY_FAILURES.labels(_history)  # exported at 0, so that increase() sees the first failure
 AUDIT_SUPPRESSED = Counter("appliance_audit_suppressed_total",
                            "Refusals (bad signature, HSM or configuration fault) not written to the audit log because "

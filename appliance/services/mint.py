@@ -38,6 +38,7 @@ from appliance.errors import (
     NotFound,
     PolicyViolation,
     Problem,
+    StoreInconsistent,
 )
 from appliance.services import auth
 from appliance.services.audit import AuditLog
@@ -582,10 +583,24 @@ class MintService:
         return None if reservation is None else self._authorization_json(request, reservation)
 
     def _authorization_json(self, request: MintRequest, reservation: Reservation) -> dict[str, Any] | None:
+        """The stored signature with the typed data it is served with, once it verifies over exactly that typed
+        data under the mint key: a request or reservation row edited after signing is never served as an
+        authorization that a contract would refuse (or, worse, one that names other terms than were signed)."""
         if reservation.signature is None:
             return None
+        digest = self._digest(request)
+        mint_address = self.app.mint_signer.address
+        try:
+            signed_by = eip712.recover_address(bytes.fromhex(digest[2:]),
+                                               bytes.fromhex(reservation.signature.removeprefix("0x")))
+        except (ValueError, ApplianceError):
+            signed_by = None
+        if not reservation.digest == digest or not reservation.signer == signed_by == mint_address:
+            metrics.INTEGRITY_FAILURES.labels("mint").inc()
+            raise StoreInconsistent(f"the stored authorization of request {request.id} does not verify over the "
+                                    "request's terms under the mint key: the store was changed outside the appliance")
         return {"typedData": eip712.typed_data(self._domain(request), _message(request)),
-                "digest": reservation.digest, "signature": reservation.signature, "signer": reservation.signer}
+                "digest": digest, "signature": reservation.signature, "signer": mint_address}
 
     def get(self, request_id: str) -> dict[str, Any]:
         now = self.app.now()

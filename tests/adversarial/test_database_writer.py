@@ -84,6 +84,34 @@ def test_a_pending_request_redirected_in_the_database_is_never_signed(h: Harness
     assert "mint.authorization.refused" in audit_actions(attacker, req["id"])
 
 
+@pytest.mark.parametrize("edit", [
+    "UPDATE mint_requests SET chain_id = chain_id + 1 WHERE id = :id",
+    "UPDATE mint_requests SET to_address = :elsewhere WHERE id = :id",
+    "UPDATE mint_authorizations SET signature = (SELECT signature FROM mint_authorizations WHERE request_id <> :id"
+    " LIMIT 1) WHERE request_id = :id",
+    "UPDATE mint_authorizations SET signer = :elsewhere WHERE request_id = :id",
+])
+def test_a_signed_request_edited_afterwards_is_never_served_as_its_authorization(
+        h: Harness, attacker: Engine, hsm_signs: Counter[str], edit: str) -> None:
+    """Found by the served every-row sweep: a request's terms (or its stored signature) edited after signing were
+    served as an `authorization` whose typed data the signature does not cover. Now each served authorization is
+    verified over the typed data it is served with, under the mint key, or refused (503 store-inconsistent)."""
+    for _ in range(2):
+        req = created(h)
+        h.approve("bob", req)
+        assert h.approve("carol", req).status_code == 201
+    assert hsm_signs["mint"] == 2
+    before = metric("appliance_integrity_failures_total", history="mint")
+    sql(attacker, edit, id=req["id"], elsewhere=ELSEWHERE)
+    recompute_digest(h, attacker, req["id"])
+    for path in (f"/v1/mint-requests/{req['id']}", f"/v1/mint-requests/{req['id']}/authorization"):
+        response = h.client.get(path)
+        assert response.status_code == 503, response.get_json()
+        assert response.get_json()["type"].endswith("store-inconsistent")
+    assert metric("appliance_integrity_failures_total", history="mint") == before + 2
+    assert hsm_signs["mint"] == 2
+
+
 def test_a_validity_window_stretched_in_the_database_is_never_signed(h: Harness, attacker: Engine,
                                                                     hsm_signs: Counter[str]) -> None:
     req = created(h)
