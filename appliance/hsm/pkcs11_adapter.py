@@ -11,12 +11,15 @@ missing token or key), so nothing above this module sees a foreign exception.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pkcs11
@@ -123,6 +126,49 @@ _SESSION_LOST = (
 _OPEN_ATTEMPTS = 5  # a token not found, or an error listing it or logging in, is tried this often (about 0.5 s)
 
 
+def softhsm_open_lock(module: str, conf: str | None = None) -> Path | None:
+    """The lock file that the processes opening one SoftHSM2 token directory take in turn, or None for another
+    PKCS#11 module (or a configuration naming no token directory).
+
+    Why: at every successful C_Login SoftHSM2 rewrites the token's `token.object` (the PIN-count flags), and it
+    rewrites a file by opening it with fopen("w"), which truncates it, *before* it takes the file's fcntl lock.
+    A process that lists tokens at that moment (C_Initialize, C_GetSlotList) reads an empty or half-written
+    `token.object` and sees a token without its label: "no token labelled ...", or a GeneralError. Loading the
+    library, finding the token and logging in under one exclusive lock per token directory means no appliance
+    process reads the token list while another one's login rewrites it. The lock is `<tokendir>.open.lock`,
+    beside the token directory, so every configuration naming that directory shares it."""
+    if "softhsm" not in os.path.basename(module).lower():
+        return None
+    path = conf or os.environ.get("SOFTHSM2_CONF") or "/etc/softhsm/softhsm2.conf"
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "directories.tokendir" and value.strip():
+            return Path(value.strip().rstrip("/") + ".open.lock")
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path | None) -> Iterator[None]:
+    """Hold `lock_file` (flock, exclusive) across processes; without a usable lock file, nothing to hold."""
+    fd = None
+    if lock_file is not None:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            fd = None  # a read-only location: opening still works, only without the guard
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+
 class _Transient(Exception):
     """Opening the token failed in a way another attempt may not: `error` is what to raise if it persists."""
 
@@ -155,6 +201,10 @@ class Hsm:
             self._session, self._keys, self._data, self._pid = None, {}, {}, os.getpid()
         if self._session is not None:
             return self._session
+        with _exclusive(softhsm_open_lock(self._module)):  # see softhsm_open_lock: the real cause of the race
+            return self._open_token()
+
+    def _open_token(self) -> Any:
         try:
             lib = pkcs11.lib(self._module)
         except (RuntimeError, OSError, p11.PKCS11Error) as exc:
@@ -164,9 +214,9 @@ class Hsm:
                 self._session = self._login(lib)
                 return self._session
             except _Transient as exc:
-                # SoftHSM2 rewrites a token's files at every login and reads its token list once, at C_Initialize:
-                # a process that initialized or logged in at that moment may not see the token (or gets a
-                # GeneralError) until it initializes again. So a missing token is believed only when it stays so.
+                # Appliance processes open the token in turn (softhsm_open_lock), but another program logging in
+                # to the same token (softhsm2-util, pkcs11-tool) still rewrites its files unguarded: a missing token
+                # is believed only when it stays so.
                 if attempt == _OPEN_ATTEMPTS:
                     raise exc.error from exc.__cause__
             time.sleep(0.05 * attempt)
