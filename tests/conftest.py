@@ -165,3 +165,21 @@ def pg_h(pg_env: Env) -> Any:
     from tests.helpers import harness
 
     return harness(pg_env.directory, pg_env.summary)
+
+
+# -- how long each part of the suite takes (printed at the end of every run) -------------------------------
+
+_PART_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    parts = Path(report.fspath).parts
+    part = parts[parts.index("tests") + 1] if "tests" in parts and parts.index("tests") + 2 < len(parts) else "tests"
+    _PART_SECONDS[part] = _PART_SECONDS.get(part, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _PART_SECONDS:
+        terminalreporter.write_sep("-", "seconds per part of the suite (setup + call + teardown)")
+        for part, seconds in sorted(_PART_SECONDS.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{part:<14} {seconds:8.1f}")
