@@ -25,14 +25,18 @@ EXIT_FAILED = 1
 
 
 class Context:
-    def __init__(self, config: str | None, url: str | None, trust_anchor: str | None = None) -> None:
+    def __init__(self, config: str | None, url: str | None, trust_anchor: str | None = None,
+                 tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> None:
         self.config_path = config
         self.url_option = url
         self.trust_anchor = trust_anchor
+        self.tls = tls  # (CA file, client certificate, client key)
 
     def client(self, timeout: float = 30.0) -> Client:
         """The service's client, verifying the policy history from the pinned trust anchor when one is set."""
-        return Client(self.url(), timeout=timeout, trust_anchor=self.trust_anchor)
+        ca_file, cert, key = self.tls
+        return Client(self.url(), timeout=timeout, trust_anchor=self.trust_anchor, ca_file=ca_file,
+                      client_cert=cert, client_key=key)
 
     def settings(self) -> Any:
         from appliance import config
@@ -47,7 +51,7 @@ class Context:
         if self.config_path:
             s = self.settings()
             host = f"[{s.listen_host}]" if ":" in s.listen_host else s.listen_host
-            return f"http://{host}:{s.listen_port}"
+            return f"{'https' if s.tls else 'http'}://{host}:{s.listen_port}"
         return "http://127.0.0.1:8080"
 
 
@@ -65,11 +69,18 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
 @click.option("--trust-anchor", envvar="APPLIANCE_TRUST_ANCHOR", type=ANCHOR,
               help="the first policy bundle's hash (`appliance init` prints it): verify the served policy history "
                    "from it before signing anything (default: $APPLIANCE_TRUST_ANCHOR)")
+@click.option("--ca-file", envvar="APPLIANCE_CA_FILE", type=click.Path(dir_okay=False),
+              help="trust only this CA for an https:// service (default: $APPLIANCE_CA_FILE, else the system's)")
+@click.option("--client-cert", envvar="APPLIANCE_CLIENT_CERT", type=click.Path(dir_okay=False),
+              help="client certificate (PEM) for a service that asks for one ($APPLIANCE_CLIENT_CERT)")
+@click.option("--client-key", envvar="APPLIANCE_CLIENT_KEY", type=click.Path(dir_okay=False),
+              help="its private key, if not in the certificate file ($APPLIANCE_CLIENT_KEY)")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, url: str | None, trust_anchor: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, url: str | None, trust_anchor: str | None, ca_file: str | None,
+        client_cert: str | None, client_key: str | None) -> None:
     """Reserve-attestation signing appliance."""
     os.umask(0o077)  # the store, its WAL, attestations and holder files: owner only
-    ctx.obj = Context(config, url, trust_anchor)
+    ctx.obj = Context(config, url, trust_anchor, (ca_file, client_cert, client_key))
 
 
 @cli.command("dev-init")
@@ -132,13 +143,21 @@ def check(obj: Context) -> None:
 @click.pass_obj
 def serve(obj: Context, listen: str | None) -> None:
     """Serve HTTP with worker processes; refuses to start unless `check` passes."""
+    from appliance import config
+
     settings = obj.settings()
+    listen = listen or f"{settings.listen_host}:{settings.listen_port}"
+    host = config.listen_host(listen)
+    if host is None:
+        raise click.UsageError(f"--listen must be HOST:PORT, not {listen!r}")
+    refusal = config.plaintext_refusal(settings, host)
+    if refusal:
+        raise click.ClickException(refusal)
     preflight = subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
         [sys.executable, "-m", "appliance.cli", "--config", str(settings.path), "check"],
                                capture_output=True, text=True, check=False)
     if preflight.returncode != 0:
         raise click.ClickException("refusing to serve: " + (preflight.stderr or preflight.stdout).strip())
-    listen = listen or f"{settings.listen_host}:{settings.listen_port}"
     from appliance.server import METRICS_PREFIX, remove_stale_metrics_dirs
 
     # without `metrics_dir` configured: a directory of this run, removed when the server exits (and, when it was
@@ -150,10 +169,16 @@ def serve(obj: Context, listen: str | None) -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    click.echo(f"serving on http://{listen} with {settings.workers} workers", err=True)
+    tls = settings.tls
+    scheme = "https" if tls else "http"
+    click.echo(f"serving on {scheme}://{listen} with {settings.workers} workers"
+               + (" (client certificates required)" if tls and tls.client_ca_file else ""), err=True)
     args = [sys.executable, "-m", "appliance.server", "--config", str(settings.path), "--listen", listen,
             "--workers", str(settings.workers), "--threads", str(settings.threads),
             "--max-body", str(settings.max_body_bytes)] + (["--own-metrics-dir"] if own else [])
+    if tls:
+        args += ["--certfile", str(tls.cert_file), "--keyfile", str(tls.key_file)]
+        args += ["--client-ca", str(tls.client_ca_file)] if tls.client_ca_file else []
     os.execve(sys.executable, args, env)  # noqa: S606 - replaces this process with the server
 
 

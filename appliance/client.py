@@ -6,8 +6,10 @@ the service's reason; transport failures become `InfrastructureError`.
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,9 +31,12 @@ def new_jti() -> str:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 30.0, trust_anchor: str | None = None) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, trust_anchor: str | None = None,
+                 ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
+        #: https: the system's trust store, or only `ca_file`; a client certificate where the service asks for one
+        self.tls = _tls_context(ca_file, client_cert, client_key) if self.base.startswith("https://") else None
         #: the first policy bundle's hash as the officer pinned it: when set, policy() verifies the served
         #: history from it, and nothing the service says about the policy is believed otherwise
         self.trust_anchor = trust_anchor
@@ -45,12 +50,12 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:  # noqa: S310
                 raw = resp.read()
                 ctype = resp.headers.get_content_type()
         except urllib.error.HTTPError as exc:
             raise _problem(exc) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise InfrastructureError(f"cannot reach the appliance at {self.base}: {reason}") from exc
         if ctype == "application/json" or ctype.endswith("+json"):
@@ -96,6 +101,17 @@ class Client:
         except policy_history.HistoryBroken as exc:
             raise errors.VerificationFailed(f"the policy the service sent does not descend from the pinned trust "
                                             f"anchor {self.trust_anchor}: {exc}; refusing to go on") from exc
+
+
+def _tls_context(ca_file: str | None, client_cert: str | None, client_key: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if client_cert:
+            context.load_cert_chain(client_cert, client_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError(f"cannot load the TLS files (CA {ca_file}, client certificate {client_cert}): "
+                                 f"{exc}") from exc
+    return context
 
 
 def _problem(exc: urllib.error.HTTPError) -> ApplianceError:

@@ -7,6 +7,7 @@ never lives in the config: only where to read it from (an environment variable o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -63,6 +64,43 @@ class AttestationSchedule:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """`appliance serve` over HTTPS: the server's certificate chain and key (PEM), and, when set, the CA whose
+    client certificates alone may connect (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+def listen_host(listen: str) -> str | None:
+    """The host of a HOST:PORT listen address (brackets removed), or None when it is not one."""
+    match = _LISTEN.match(listen)
+    if not match or not 0 < int(match["port"]) < 65536:
+        return None
+    return match["host"].strip("[]")
+
+
+def is_loopback(host: str) -> bool:
+    """A listen host only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_refusal(settings: Settings, host: str) -> str | None:
+    """Why `serve` must not listen on `host`, or None: plain HTTP only on loopback, unless the configuration says
+    `allow_plaintext = true` (behind a TLS-terminating proxy on the same host, say)."""
+    if settings.tls is None and not is_loopback(host) and not settings.allow_plaintext:
+        return (f"refusing plain HTTP on {host}, which other machines can reach: set [service] tls_cert_file and "
+                "tls_key_file, or allow_plaintext = true if a TLS proxy in front terminates it")
+    return None
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path
     hsm: HsmSettings
@@ -90,6 +128,8 @@ class Settings:
     liabilities_secret_file: Path
     attestation_schedule: AttestationSchedule
     metrics_dir: Path | None = None
+    tls: Tls | None = None
+    allow_plaintext: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def chain(self, chain_id: int) -> Chain | None:
@@ -178,7 +218,7 @@ _ALLOWED: dict[str, set[str] | None] = {
     "keys": {"mint", "attestation", "audit", "policy_anchor"},
     "storage": {"url", "write_timeout_seconds"},
     "service": {"listen", "workers", "threads", "max_body_bytes", "max_attestation_body_bytes",
-                "metrics_dir"},
+                "metrics_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "allow_plaintext"},
     "issuer": {"name", "token_symbol", "token_name", "token_decimals", "currency"},
     "eip712": {"name", "version"},
     "chains": None,
@@ -270,6 +310,7 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
                      check=lambda v: None if re.fullmatch(r"[A-Z]{3}", v) else "must be an ISO 4217 code like HKD")
     data_dir = r.path("attestation.data_dir", "data")
     metrics_dir = r.path("service.metrics_dir", None)
+    tls = _tls(r)
     schedule = AttestationSchedule(
         interval_minutes=r.get("attestation.schedule_minutes", int, 0, check=_non_negative),
         reserves=r.path("attestation.reserves", None), supply=r.path("attestation.supply", None),
@@ -301,11 +342,30 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         data_dir=data_dir or file.parent / "data",
         liabilities_secret_file=(r.path("attestation.liabilities_secret_file", "liabilities.secret")
                                  or file.parent / "liabilities.secret"),
-        attestation_schedule=schedule, metrics_dir=metrics_dir,
+        attestation_schedule=schedule, metrics_dir=metrics_dir, tls=tls,
+        allow_plaintext=bool(r.get("service.allow_plaintext", bool, False)),
     )
     if r.problems:
         raise ConfigError(f"{file} has {len(r.problems)} problem(s)", r.problems)
     return settings
+
+
+def _tls(r: _Reader) -> Tls | None:
+    cert, key = r.path("service.tls_cert_file", None), r.path("service.tls_key_file", None)
+    client_ca = r.path("service.tls_client_ca_file", None)
+    if cert is None and key is None:
+        if client_ca is not None:
+            r.fail("service.tls_client_ca_file", "needs tls_cert_file and tls_key_file (client certificates are "
+                                                 "asked for over TLS only)")
+        return None
+    if cert is None or key is None:
+        r.fail("service.tls_cert_file" if cert is None else "service.tls_key_file",
+               "tls_cert_file and tls_key_file go together")
+        return None
+    for name, path in (("tls_cert_file", cert), ("tls_key_file", key), ("tls_client_ca_file", client_ca)):
+        if path is not None and not path.is_file():
+            r.fail(f"service.{name}", f"{path} is not a readable file")
+    return Tls(cert, key, client_ca)
 
 
 def apply_environment(settings: Settings) -> None:

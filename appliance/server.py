@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import shutil
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -54,12 +55,13 @@ def _start_background(app_ctx: Any) -> None:
 
 
 class Server(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config_path: str, listen: str, workers: int, threads: int, max_body: int) -> None:
+    def __init__(self, config_path: str, listen: str, workers: int, threads: int, max_body: int,
+                 tls: dict[str, Any] | None = None) -> None:
         self.config_path = config_path
         self.options = {"bind": listen, "workers": workers, "threads": threads, "worker_class": "gthread",
                         "preload_app": False, "timeout": 60, "graceful_timeout": 10,
                         "limit_request_field_size": 8190, "accesslog": "-", "errorlog": "-",
-                        "loglevel": "info"}
+                        "loglevel": "info", **(tls or {})}
         super().__init__()
 
     def load_config(self) -> None:
@@ -80,16 +82,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--max-body", type=int, required=True)
     parser.add_argument("--own-metrics-dir", action="store_true", help="remove PROMETHEUS_MULTIPROC_DIR at exit")
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--client-ca", help="require client certificates issued by this CA (PEM)")
     args = parser.parse_args()
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         raise SystemExit("PROMETHEUS_MULTIPROC_DIR must be set (use `appliance serve`)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     try:
-        Server(args.config, args.listen, args.workers, args.threads, args.max_body).run()
+        Server(args.config, args.listen, args.workers, args.threads, args.max_body, tls_options(args)).run()
     finally:
         if args.own_metrics_dir:  # a temporary directory `appliance serve` made for this run
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """gunicorn's TLS settings (its default context: Python's, TLS 1.2 or newer), and client certificates required
+    when a client CA is given."""
+    if not args.certfile:
+        return None
+    options: dict[str, Any] = {"certfile": args.certfile, "keyfile": args.keyfile}
+    if args.client_ca:
+        options.update(ca_certs=args.client_ca, cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def remove_stale_metrics_dirs(parent: Path, prefix: str = METRICS_PREFIX) -> list[Path]:

@@ -89,3 +89,31 @@ def test_the_shipped_example_config_parses(monkeypatch: pytest.MonkeyPatch) -> N
 def test_an_audit_origin_that_cannot_name_a_note_key_is_refused_at_load(tmp_path: Path, origin: str) -> None:
     with pytest.raises(ConfigError, match="audit.origin"):
         load(tmp_path, GOOD.replace('origin = "example/audit"', f'origin = "{origin}"'))
+
+
+def test_tls_files_go_together_and_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    (tmp_path / "key.pem").write_text("x")
+    s = load(tmp_path, GOOD + '[service]\ntls_cert_file = "cert.pem"\ntls_key_file = "key.pem"\n')
+    assert s.tls == config.Tls(tmp_path / "cert.pem", tmp_path / "key.pem", None)
+    for extra, field in (('tls_cert_file = "cert.pem"', "service.tls_key_file"),
+                         ('tls_key_file = "key.pem"', "service.tls_cert_file"),
+                         ('tls_cert_file = "cert.pem"\ntls_key_file = "nope.pem"', "service.tls_key_file"),
+                         ('tls_client_ca_file = "cert.pem"', "service.tls_client_ca_file"),
+                         ("allow_plaintext = 1", "service.allow_plaintext")):
+        with pytest.raises(ConfigError) as caught:
+            load(tmp_path, GOOD + f"[service]\n{extra}\n")
+        assert f"appliance.toml: {field}" in str(caught.value), (extra, caught.value.problems)
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True),
+                                                ("localhost", True), ("0.0.0.0", False), ("::", False),
+                                                ("10.0.0.5", False), ("appliance.example", False)])
+def test_plain_http_is_refused_off_loopback_unless_allowed(tmp_path: Path, host: str, loopback: bool) -> None:
+    plain = load(tmp_path, GOOD)
+    assert (config.plaintext_refusal(plain, host) is None) == loopback
+    allowed = load(tmp_path, GOOD + "[service]\nallow_plaintext = true\n")
+    assert config.plaintext_refusal(allowed, host) is None
+    (tmp_path / "c.pem").write_text("x")
+    tls = load(tmp_path, GOOD + '[service]\ntls_cert_file = "c.pem"\ntls_key_file = "c.pem"\n')
+    assert config.plaintext_refusal(tls, host) is None
