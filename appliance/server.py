@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import ssl
 import threading
 import time
@@ -31,10 +32,29 @@ def build_wsgi(config_path: str) -> Any:
 
     settings = config.load(config_path)
     app_ctx = context.build(settings)
+    drain_on_stop(app_ctx.hsm)
     keys.check(app_ctx)  # refuse to run with an extractable, non-sensitive or multi-use key
     lifecycle.on_start(app_ctx)
     _start_background(app_ctx)
     return create_app(app_ctx)
+
+
+def drain_on_stop(hsm: Any) -> None:
+    """When this worker is told to stop (SIGTERM: graceful; SIGINT, SIGQUIT: quick), it starts no more HSM calls
+    before gunicorn's own handler runs; the master's SIGKILL after graceful_timeout then finds no call in progress
+    (see Hsm.drain). gunicorn installs its handlers before it loads the app, so they are chained here."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+            hsm.drain()
+            if callable(previous):
+                previous(sig, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+                os.kill(os.getpid(), sig)
+
+        signal.signal(signum, handler)
 
 
 def _start_background(app_ctx: Any) -> None:

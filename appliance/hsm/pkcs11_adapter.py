@@ -190,6 +190,7 @@ class Hsm:
         self._data: dict[str, list[Any]] = {}  # data object handles by label (see data_values)
         self._data_at: dict[str, float] = {}
         self._pid = os.getpid()
+        self._draining = False  # set by drain(): no HSM call starts any more (see drain)
         #: called with (operation, seconds, ok) after each HSM call; metrics hook in here.
         self.observer: Callable[[str, float, bool], None] | None = None
 
@@ -258,6 +259,8 @@ class Hsm:
     def _call(self, operation: str, fn: Callable[[Any], T]) -> T:
         """Run fn(session) under the lock; re-open a lost session once; wrap foreign errors."""
         with self._lock:
+            if self._draining:
+                raise HsmUnavailable("this process is shutting down: it starts no HSM call")
             started = time.perf_counter()
             ok = False
             try:
@@ -277,6 +280,13 @@ class Hsm:
             finally:
                 if self.observer is not None:
                     self.observer(operation, time.perf_counter() - started, ok)
+
+    def drain(self) -> None:
+        """Start no HSM call from now on; a call in progress finishes. Called when the process is told to stop, so
+        that the supervisor's SIGKILL after the grace period (gunicorn's graceful_timeout, systemd's stop timeout)
+        never lands inside a call: SoftHSM2 rewrites token files by truncating them first, and a process killed
+        in between leaves the token without its objects. Async-signal-safe: it only sets a flag."""
+        self._draining = True
 
     def close(self) -> None:
         """Close the session (logging out when it is the last one)."""

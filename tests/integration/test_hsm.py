@@ -268,3 +268,28 @@ def test_the_open_lock_sits_beside_the_softhsm_token_directory(tmp_path: Path) -
     assert softhsm_open_lock(MODULE, str(tmp_path / "missing.conf")) is None
     conf.write_text("objectstore.backend = file\n")
     assert softhsm_open_lock(MODULE, str(conf)) is None
+
+
+def test_a_worker_told_to_stop_starts_no_hsm_call_and_still_runs_gunicorns_handler() -> None:
+    """The SIGKILL that follows a grace period must never land inside an HSM call (SoftHSM2 truncates a token file
+    before rewriting it): once SIGTERM arrives, the worker's Hsm refuses new calls, then gunicorn's handler runs."""
+    import sys
+
+    code = ("import os, signal\n"
+            "from appliance.errors import HsmUnavailable\n"
+            "from appliance.hsm import Hsm\n"
+            "from appliance.server import drain_on_stop\n"
+            "seen = []\n"
+            "signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))  # stands in for gunicorn's handler\n"
+            f"h = Hsm({MODULE!r}, {TOKEN!r}, lambda: {TEST_PIN!r})\n"
+            "h.ping()\n"
+            "drain_on_stop(h)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "assert seen == [signal.SIGTERM], seen\n"
+            "try:\n"
+            "    h.ping()\n"
+            "except HsmUnavailable as exc:\n"
+            "    print('refused:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "refused: this process is shutting down" in out.stdout
