@@ -130,6 +130,7 @@ class Settings:
     metrics_dir: Path | None = None
     tls: Tls | None = None
     allow_plaintext: bool = False
+    reservation_takeover_seconds: int = 30  # a stale reservation is taken over after this (services/mint.py)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def chain(self, chain_id: int) -> Chain | None:
@@ -218,7 +219,8 @@ _ALLOWED: dict[str, set[str] | None] = {
     "keys": {"mint", "attestation", "audit", "policy_anchor"},
     "storage": {"url", "write_timeout_seconds"},
     "service": {"listen", "workers", "threads", "max_body_bytes", "max_attestation_body_bytes",
-                "metrics_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "allow_plaintext"},
+                "metrics_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "allow_plaintext",
+                "reservation_takeover_seconds"},
     "issuer": {"name", "token_symbol", "token_name", "token_decimals", "currency"},
     "eip712": {"name", "version"},
     "chains": None,
@@ -344,6 +346,7 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
                                  or file.parent / "liabilities.secret"),
         attestation_schedule=schedule, metrics_dir=metrics_dir, tls=tls,
         allow_plaintext=bool(r.get("service.allow_plaintext", bool, False)),
+        reservation_takeover_seconds=r.get("service.reservation_takeover_seconds", int, 30, check=_positive),
     )
     if r.problems:
         raise ConfigError(f"{file} has {len(r.problems)} problem(s)", r.problems)

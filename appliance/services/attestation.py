@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from appliance import metrics
+from appliance import failpoints, metrics
 from appliance.domain import attestation as att
 from appliance.domain import checkpoint as notes
 from appliance.domain import heads, jose, reserves
@@ -47,7 +47,8 @@ class AttestationInFlight(Conflict):
 
 AS_OF_SKEW_SECONDS = 86400  # reserve report and supply snapshot must describe the same day
 FUTURE_AS_OF_SECONDS = 300  # clock skew allowed for as_of; a later one would block every real as_of after it
-ABANDONED_AFTER_SECONDS = 30  # an unsigned reservation this old lost its signer (HSM or store failure)
+ABANDONED_AFTER_SECONDS = 30  # default: an unsigned reservation this old lost its signer (HSM or store failure);
+#                               [service] reservation_takeover_seconds sets it, as it does for mint reservations
 MAX_LIST = 200
 
 
@@ -286,6 +287,7 @@ class AttestationService:
         text = canonical_json(payload)
         intent = current.newer(attestation=replace(current.attestation, pending=text.decode("utf-8")))
         self.app.token.write(intent)
+        failpoints.reach("attestation.before-hsm")
         try:
             jws = sign_jws(self.app.attestation_signer, text, TYP)
         except ApplianceError:
@@ -294,7 +296,9 @@ class AttestationService:
             self._unreserve(seq, order.requested_by, order.now)
             raise
         metrics.SIGNATURES.labels("attestation", "ok").inc()
+        failpoints.reach("attestation.after-hsm")
         self.app.db.write(lambda conn: self._store(conn, order, payload, jws), "attestation-store")
+        failpoints.reach("attestation.stored")
         self.app.token.write(intent.newer(attestation=heads.AttestationHead(seq, att.prev_digest(jws))))
         try:
             self.audit.checkpoint()
@@ -305,7 +309,7 @@ class AttestationService:
     def _store(self, conn: Connection, order: _Order, payload: dict[str, Any], jws: str) -> None:
         seq = int(payload["seq"])
         if not attestation_repo.store_signature(conn, seq, order.now, order.digest, jws):
-            # Signing outlasted ABANDONED_AFTER_SECONDS and the reservation was dropped (perhaps seq reserved
+            # Signing outlasted reservation_takeover_seconds and the reservation was dropped (perhaps seq reserved
             # again): this JWS is discarded, never stored or returned. Nothing forks the chain.
             raise AttestationInFlight(f"the reservation of attestation {seq} was abandoned while it was being "
                                       "signed: ask again")
@@ -314,7 +318,7 @@ class AttestationService:
 
     def _drop_abandoned(self, conn: Connection, now: int) -> None:
         """Remove a reservation whose signature was never stored (its JWS was never returned to anyone)."""
-        cutoff = now - ABANDONED_AFTER_SECONDS
+        cutoff = now - self.app.settings.reservation_takeover_seconds
         for seq in attestation_repo.abandoned(conn, cutoff):
             attestation_repo.unreserve(conn, seq)
             self.audit.record(conn, actor="appliance", action="attestation.abandoned", subject=str(seq),

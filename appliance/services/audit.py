@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from appliance import metrics
+from appliance import failpoints, metrics
 from appliance.domain import checkpoint as notes
 from appliance.domain import heads, merkle
 from appliance.domain.canonical import canonical_json
@@ -128,7 +128,9 @@ class AuditLog:
         """The signed note of (size, root), signed now and stored (a stored note of that size that does not
         vouch for this root is replaced; an equal one is kept: Ed25519 notes are deterministic)."""
         cp = notes.Checkpoint(self.app.settings.audit_origin, size, root)
+        failpoints.reach("checkpoint.before-hsm")
         note = notes.sign_checkpoint(cp, self.app.settings.audit_origin, self.app.audit_signer.point, self._sign)
+        failpoints.reach("checkpoint.after-hsm")
         self.app.db.write(lambda conn: audit_repo.save_checkpoint(conn, size, root, note, self.app.now()),
                           "checkpoint")
         return note

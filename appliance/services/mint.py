@@ -11,7 +11,8 @@ Every path that can reach the HSM reads as load, decide, persist, sign:
    recomputed from the stored fields, normalised to low-s and recovered to the mint key's address.
 4. A second and last transaction stores the signature and appends the "signed" audit entry.
 Asking again returns the stored signature without an HSM call. A reservation whose signature was never stored is
-taken over, after RECOVERY_AFTER_SECONDS, by exactly one caller, who decides again at now (`_claim`).
+taken over, after `[service] reservation_takeover_seconds` (default RECOVERY_AFTER_SECONDS), by exactly one
+caller, who decides again at now (`_claim`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from appliance import metrics
+from appliance import failpoints, metrics
 from appliance.domain import amounts, eip712, mint_rules, quorum
 from appliance.domain import mint_decision as md
 from appliance.domain.attestation import prev_digest
@@ -53,7 +54,7 @@ REQUESTER_ROLES = MINT_REQUESTER_ROLES
 CANCEL_ROLES = frozenset({"treasury", "cfo", "security-admin"})
 STATUSES = ("pending", "authorized", "rejected", "cancelled", "expired")
 MAX_LIST = 200
-RECOVERY_AFTER_SECONDS = 30  # longer than any HSM call may take (a signature is milliseconds)
+RECOVERY_AFTER_SECONDS = 30  # the default takeover delay: longer than any HSM call may take (milliseconds)
 NONCE_CONSUMED = md.NONCE_CONSUMED
 
 
@@ -172,7 +173,9 @@ class MintService:
             metrics.MINT_APPROVALS.labels("refused").inc()
             raise
         metrics.MINT_APPROVALS.labels("recorded").inc()
+        failpoints.reach("mint.approval.committed")
         authorization = self._act(request_id, judged.decision, judged.request)
+        failpoints.reach("mint.before-response")
         return self._view(judged, authorization, self.app.now())
 
     def _authenticate_decision(self, token: object, request: MintRequest, policies: Policies,
@@ -397,6 +400,7 @@ class MintService:
                                   details={"digest": request.digest, "nonce": request.nonce, "amount": request.amount,
                                            "reserved_at": now, "quorum": decision.quorum.to_json(),
                                            "signer": signer}, policy_hash=policies.active.hash)
+        failpoints.reach("mint.reserve.before-commit")
         return replace(decision, entry=entry)
 
     def _act(self, request_id: str, decision: md.Decision, request: MintRequest | None = None
@@ -404,6 +408,7 @@ class MintService:
         """After the decision committed: sign (Sign), answer a stored one (Stored), refuse (Refuse: 409 when the
         nonce is taken, 422 otherwise), cover a veto with a checkpoint; None when there is nothing to return."""
         if isinstance(decision, md.Sign):
+            failpoints.reach("mint.reserve.committed")
             return self._sign(request_id, request, decision.entry)
         if isinstance(decision, md.Stored):
             metrics.MINT_AUTHORIZATIONS.labels("replayed").inc()
@@ -463,11 +468,13 @@ class MintService:
             metrics.MINT_AUTHORIZATIONS.labels("hsm-error").inc()
             raise
         metrics.SIGNATURES.labels("mint", "ok").inc()
+        failpoints.reach("mint.sign.after-hsm")
         signed_entry = self.app.db.write(lambda conn: self._store_signature(conn, request, digest, signature),
                                          "mint-store")
         stored_now = signed_entry is not None
         if stored_now:
             metrics.MINT_AUTHORIZATIONS.labels("signed").inc()
+        failpoints.reach("mint.sign.stored")
         self._checkpoint_after("a mint authorization", 0 if signed_entry is None else signed_entry + 1)
         if stored_now:
             return self._authorization_json(request, replace(reservation, signature=signature))  # type: ignore[return-value]
@@ -490,7 +497,7 @@ class MintService:
         request whose quorum is met but whose signing was refused or failed earlier (everything decided again).
 
         The first decision is read-only, so polling writes nothing; only a request that would be signed reaches
-        a write. A reservation younger than RECOVERY_AFTER_SECONDS may still be in the hands of the caller that
+        a write. A reservation younger than the takeover delay may still be in the hands of the caller that
         made it, so it is left alone (409): only a stale one is taken over here."""
         now = self.app.now()
         with self.app.db.read() as conn:
@@ -498,7 +505,8 @@ class MintService:
             judged = self._judge(conn, request, self.policies.current(conn), now)
         decision = judged.decision
         if isinstance(decision, md.InFlight):
-            if now - decision.last_taken >= RECOVERY_AFTER_SECONDS and self._claim(request_id, decision.last_taken):
+            stale = now - decision.last_taken >= self.app.settings.reservation_takeover_seconds
+            if stale and self._claim(request_id, decision.last_taken):
                 return self._sign(request_id)
             raise Conflict(f"request {request_id} is being signed: ask again in a moment")
         if isinstance(decision, md.Sign):

@@ -369,3 +369,16 @@ def test_a_malformed_id_is_a_clear_usage_error_never_a_traceback(command: list[s
     assert out.exit_code == 2, out.output
     assert "is not an id" in out.output and "Traceback" not in out.output
     assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def test_no_secret_reaches_the_service_log(service: Service) -> None:
+    """Runs after the module's other tests, so the log holds their whole session: the user PIN, the liabilities
+    secret and the officers' private keys appear nowhere in it."""
+    log = (service.directory / "serve.log").read_text(errors="replace")
+    assert "POST /v1/mint-requests" in log  # the log is the one the session wrote
+    secrets_ = [service.dev["user_pin"], (service.directory / "hsm-pin").read_text().strip(),
+                (service.directory / "liabilities.secret").read_text().strip()]
+    for pem in (service.directory / "operators").glob("*.pem"):
+        secrets_ += [line for line in pem.read_text().splitlines() if line and not line.startswith("-----")]
+    leaked = [s[:6] + "..." for s in secrets_ if s and s in log]
+    assert not leaked, leaked
