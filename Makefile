@@ -9,7 +9,7 @@ DEV := .dev
 APPLIANCE_TEST_PG_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 export APPLIANCE_TEST_PG_DSN
 
-.PHONY: run test test-fast lint bench bench-quick system-deps clean-dev
+.PHONY: run test test-fast test-crash lint bench bench-quick system-deps clean-dev
 
 system-deps:
 	@missing=""; \
@@ -52,6 +52,10 @@ test: system-deps $(VENV)/.installed lint
 # The inner loop: everything except the tests marked slow (real processes, several instances, big sweeps).
 test-fast: system-deps $(VENV)/.installed
 	$(BIN)/pytest -q -m "not slow" --durations=5
+
+# The crash-safety suite at full size: 220 SIGKILLs along the signing paths (about 15 minutes).
+test-crash: system-deps $(VENV)/.installed
+	APPLIANCE_CRASH_ROUNDS=220 $(BIN)/pytest -q tests/reliability
 
 bench: system-deps $(VENV)/.installed
 	$(BIN)/python -m bench

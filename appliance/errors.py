@@ -93,18 +93,18 @@ class VerificationFailed(ClientError):
     status = 422
 
 
-class ConfigError(ApplianceError):
-    """A configuration file is missing or wrong; `problems` name the file and field."""
-
-    slug = "config-error"
-    title = "Configuration error"
-    status = 500
-
-
 class InfrastructureError(ApplianceError):
     slug = "unavailable"
     title = "Service unavailable"
     status = 503
+
+
+class ConfigError(InfrastructureError):
+    """A configuration file is missing or wrong (`problems` name the file and field), or, at run time, what it
+    names is gone (the token, a key, a file): the service cannot act until an operator fixes it (503)."""
+
+    slug = "config-error"
+    title = "Configuration error"
 
 
 class HsmUnavailable(InfrastructureError):

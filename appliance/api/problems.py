@@ -39,13 +39,13 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
 def register(app: Flask) -> None:
     @app.errorhandler(ApplianceError)
     def _appliance_error(exc: ApplianceError) -> Response:
-        status = 503 if isinstance(exc, ConfigError) else exc.status
+        status = exc.status
         if status >= 500:
             log.warning("%s: %s", type(exc).__name__, exc)
         extra: dict[str, Any] = {}
         if exc.problems:
             extra["errors"] = [{"location": p.location, "message": p.message} for p in exc.problems]
-        slug = "hsm-unavailable" if isinstance(exc, ConfigError) else exc.slug
+        slug = exc.slug
         if isinstance(exc, (Unauthenticated, HsmUnavailable, ConfigError)):
             _audit_failure(app, exc)
         return problem(status, slug, exc.title, exc.detail, **extra)
