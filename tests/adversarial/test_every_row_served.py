@@ -23,10 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -47,10 +44,10 @@ from appliance.domain import messages
 from appliance.operator import load_key, sign_request, sign_reserve_report
 from appliance.store import tables
 from tests.adversarial import test_every_row as sweep
+from tests.served import APPLIANCE, serve
 
 pytestmark = pytest.mark.slow
 
-APPLIANCE = [sys.executable, "-m", "appliance.cli"]
 REQUEST_SCOPED = ("mint_requests", "mint_approvals", "mint_authorizations", "seen_tokens")
 SHARED = {"policy_bundles": "policy-change", "policy_approvals": "policy-change", "audit_entries": "signed",
           "audit_head": "signed", "audit_checkpoints": "signed", "attestations": "attested"}
@@ -75,12 +72,6 @@ def shared_cases() -> Iterator[Any]:
 
 
 # -- a served instance on a copy of one dev-init environment ----------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @dataclass
 class Served:
@@ -113,24 +104,7 @@ def _copy(golden: Path, dev: dict[str, Any], target: Path, workers: int) -> dict
 
 def start(golden: Path, dev: dict[str, Any], target: Path, workers: int = 2) -> Served:
     dev = _copy(golden, dev, target, workers)
-    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
-    port = _free_port()
-    log = open(target / "serve.log", "w")  # noqa: SIM115 - the process keeps it
-    proc = subprocess.Popen([*APPLIANCE, "--config", dev["config"], "serve", "--listen", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:  # noqa: S310
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError("the service did not become ready:\n" + (target / "serve.log").read_text())
-        time.sleep(0.05)
+    proc, url = serve(dev["config"], target / "serve.log")
     return Served(target, dev, url, proc, config.load(Path(dev["config"])))
 
 

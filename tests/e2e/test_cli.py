@@ -10,10 +10,7 @@ import copy
 import hashlib
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +22,8 @@ import rfc8785
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+from tests.served import APPLIANCE, free_port
+from tests.served import serve as serve_process
 
 
 def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -34,12 +32,6 @@ def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
     if check and result.returncode != 0:
         raise AssertionError(f"appliance {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -62,32 +54,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     directory = tmp_path_factory.mktemp("e2e") / "dev"
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     dev = json.loads(run("dev-init", str(directory), "--json", env=env).stdout)
-    proc, url, log = serve(directory, dev, env)
+    proc, url = serve(directory, dev, env)
     yield Service(url, dev, directory)
     proc.terminate()
     proc.wait(15)
-    log.close()
 
 
-def serve(directory: Path, dev: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Any]:
-    """`appliance serve` on a free port, once /readyz says so: (process, url, its open log file)."""
-    port = free_port()
-    log = open(directory / "serve.log", "w")  # noqa: SIM115 - the caller closes it
-    proc = subprocess.Popen([*APPLIANCE, "--config", dev["config"], "serve", "--listen", f"127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:  # noqa: S310
-                if r.status == 200:
-                    return proc, url, log
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError("the service did not become ready:\n" + (directory / "serve.log").read_text())
-        time.sleep(0.2)
+def serve(directory: Path, dev: dict[str, Any], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`appliance serve` of a dev-init environment on a free port, once /readyz says so; it logs to serve.log."""
+    return serve_process(dev["config"], directory / "serve.log", env)
 
 
 def test_serve_keeps_its_files_private_and_leaves_no_metrics_directory_behind(tmp_path: Path) -> None:
@@ -102,7 +77,7 @@ def test_serve_keeps_its_files_private_and_leaves_no_metrics_directory_behind(tm
     env = {**{k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}, "TMPDIR": str(tmp)}
     directory = tmp_path / "dev"
     dev = json.loads(run("dev-init", str(directory), "--json", env=env).stdout)
-    proc, url, log = serve(directory, dev, env)
+    proc, url = serve(directory, dev, env)
     try:
         ours = tmp / f"appliance-metrics-{proc.pid}"  # serve execs the server: same pid
         assert ours.is_dir() and not stale.exists() and alive.is_dir()
@@ -114,7 +89,6 @@ def test_serve_keeps_its_files_private_and_leaves_no_metrics_directory_behind(tm
     finally:
         proc.terminate()
         proc.wait(15)
-        log.close()
     assert not ours.exists(), "the metrics directory outlived its server"
 
 

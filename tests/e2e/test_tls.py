@@ -10,7 +10,6 @@ import json
 import os
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.e2e.test_cli import APPLIANCE, free_port, run
+from tests.e2e.test_cli import run
+from tests.served import free_port, serve
 
 
 def _name(common: str) -> x509.Name:
@@ -110,24 +110,9 @@ def served(dev: dict[str, Any], pki: Pki) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: Path, client: bool = False) -> str:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
-        log = open(config.with_suffix(".log"), "w")  # noqa: SIM115 - the process keeps it
-        proc = subprocess.Popen([*APPLIANCE, "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc, url = serve(config, config.with_suffix(".log"), tls=_context(pki, client))
         procs.append(proc)
-        url = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2, context=_context(pki, client)) as r:  # noqa: S310
-                    if r.status == 200:
-                        return url
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise AssertionError("the service did not become ready:\n" + config.with_suffix(".log").read_text())
-            time.sleep(0.1)
+        return url
 
     yield start
     for proc in procs:

@@ -30,11 +30,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     directory = tmp_path_factory.mktemp("anchor") / "dev"
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     dev = json.loads(run("dev-init", str(directory), "--json", env=env).stdout)
-    proc, url, log = serve(directory, dev, env)
+    proc, url = serve(directory, dev, env)
     yield Service(url, dev, directory)
     proc.terminate()
     proc.wait(15)
-    log.close()
 
 
 @dataclass
@@ -177,7 +176,7 @@ def test_a_history_grown_from_another_first_bundle_is_caught_by_the_pin_alone(
     other_dir = tmp_path / "other"
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     other = json.loads(run("dev-init", str(other_dir), "--json", env=env).stdout)
-    proc, other_url, log = serve(other_dir, other, env)
+    proc, other_url = serve(other_dir, other, env)
     try:
         with urllib.request.urlopen(other_url + "/v1/policy/history", timeout=10) as r:  # noqa: S310
             foreign_history = json.loads(r.read())
@@ -186,7 +185,6 @@ def test_a_history_grown_from_another_first_bundle_is_caught_by_the_pin_alone(
     finally:
         proc.terminate()
         proc.wait(15)
-        log.close()
 
     def swap(path: str, body: Any) -> Any:
         if path.startswith("/v1/policy/history"):

@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -40,9 +39,9 @@ from appliance.cli import cli
 from appliance.domain import messages
 from appliance.failpoints import POINTS
 from appliance.operator import load_key, sign_request, sign_reserve_report
-from tests.e2e.test_cli import free_port, run
+from tests.e2e.test_cli import run
+from tests.served import serve
 
-APPLIANCE = [sys.executable, "-m", "appliance.cli"]
 ROUNDS = int(os.environ.get("APPLIANCE_CRASH_ROUNDS", "0")) or len(POINTS)
 
 
@@ -71,24 +70,10 @@ class Rig:
         env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
         env["APPLIANCE_CRASH_FILE"] = str(self.crash_file)
         self.arm(None)
-        port = free_port()
-        log = open(self.directory / "serve.log", "a")  # noqa: SIM115 - the process keeps it
-        self.proc = subprocess.Popen([*APPLIANCE, "--config", self.dev["config"], "serve", "--listen",
-                                      f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)  # its own process group: the crash kills only it
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:  # noqa: S310
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError("the service did not come back (is the token intact?):\n"
-                                     + (self.directory / "serve.log").read_text()[-3000:])
-            time.sleep(0.05)
+        try:  # in a process group of its own: the crash kills only the server
+            self.proc, self.url = serve(self.dev["config"], self.directory / "serve.log", env, new_session=True)
+        except AssertionError as exc:
+            raise AssertionError(f"the service did not come back (is the token intact?): {exc}") from exc
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -1,0 +1,46 @@
+"""`appliance serve` as a test starts it: a free port, a log file, and back only once /readyz says 200."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(config: str | Path, log_path: Path, env: dict[str, str] | None = None, *, new_session: bool = False,
+          tls: ssl.SSLContext | None = None, timeout: float = 60) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `appliance --config CONFIG serve` on a free loopback port; (process, url) once it is ready.
+    `new_session`: the server leads its own process group (the crash suite kills that group). `tls`: speak
+    HTTPS with this client context."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    port = free_port()
+    with open(log_path, "a") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([*APPLIANCE, "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2, context=tls) as r:  # noqa: S310
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"the service did not become ready:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
