@@ -11,7 +11,6 @@ import click
 
 from appliance.commands import ID, url_option, warn_unpinned
 from appliance.domain import messages, policy_history
-from appliance.domain import signed as signed_module
 from appliance.domain.bundle_diff import diff
 from appliance.errors import VerificationFailed
 from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
@@ -128,17 +127,7 @@ def history(ctx: click.Context, as_json: bool) -> None:
         policy_history.verify_history(str(anchor), activations)
     except policy_history.HistoryBroken as exc:
         raise VerificationFailed(f"the policy history does not verify from the trust anchor {anchor}: {exc}") from exc
-    steps: list[dict[str, Any]] = []
-    for previous, step in zip([None, *activations], activations, strict=False):
-        approvers: list[str] = []
-        proposer = "init"
-        if previous is not None:
-            signed = signed_module.verify_stored(step.proposal_jws or "", previous.bundle,
-                                                  messages.TYP_POLICY_PROPOSAL)  # it verified: see verify_history
-            proposer = signed[0].name if signed else "?"
-            approvers = sorted(policy_history.tally(step.id, step.hash, step.proposal_jws, step.votes,
-                                                    previous.bundle)[0])
-        steps.append({"seq": step.seq, "hash": step.hash, "proposer": proposer, "approvers": approvers})
+    steps = policy_history.summary(activations)
     result = {"anchor": anchor, "pinned": client.trust_anchor is not None, "verified": True, "activations": steps}
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -153,6 +153,18 @@ def verify_history(anchor: str, history: Sequence[Activation]) -> PolicyBundle:
     return history[-1].bundle
 
 
+def summary(history: Sequence[Activation]) -> list[dict[str, Any]]:
+    """Who proposed and who approved each activation of a history that `verify_history` accepted (the proposer is
+    whom the proposal JWS verifies as; the approvers are the verifying votes that counted)."""
+    steps = [{"seq": history[0].seq, "hash": history[0].hash, "proposer": "init", "approvers": []}] if history else []
+    for previous, step in zip(history, history[1:], strict=False):
+        signed = verify_stored(step.proposal_jws or "", previous.bundle, TYP_POLICY_PROPOSAL)
+        approvers, _ = tally(step.id, step.hash, step.proposal_jws, step.votes, previous.bundle)
+        steps.append({"seq": step.seq, "hash": step.hash, "proposer": signed[0].name if signed else "?",
+                      "approvers": sorted(approvers)})
+    return steps
+
+
 def parse_served(data: Any) -> list[Activation]:
     """The activations of a `GET /v1/policy/history` body (HistoryBroken when it is not one)."""
     items = data.get("activations") if isinstance(data, Mapping) else None

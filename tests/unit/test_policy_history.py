@@ -22,6 +22,7 @@ from appliance.domain.policy_history import (
     HistoryBroken,
     check_served,
     parse_served,
+    summary,
     verify_history,
 )
 from tests.unit.test_policy import operators_dict, policy_dict
@@ -241,3 +242,9 @@ def test_a_client_refuses_a_history_grown_from_another_first_bundle() -> None:
 def test_a_malformed_served_history_is_refused_not_crashed_on(body: Any) -> None:
     with pytest.raises(HistoryBroken):
         parse_served(body)
+
+
+def test_the_summary_names_who_proposed_and_who_approved_each_activation() -> None:
+    history = chain(3)
+    assert summary(history) == [{"seq": 1, "hash": history[0].hash, "proposer": "init", "approvers": []}] + [
+        {"seq": a.seq, "hash": a.hash, "proposer": "erin", "approvers": ["erin", "frank"]} for a in history[1:]]
