@@ -63,6 +63,11 @@ class AttestationSchedule:
     holders: Path | None
 
 
+#: a mint or attestation reservation whose signature was never stored (the signer crashed) is taken over, or
+#: dropped, after this long: far longer than any HSM call and store write take (milliseconds)
+DEFAULT_RESERVATION_TAKEOVER_SECONDS = 30
+
+
 @dataclass(frozen=True)
 class Tls:
     """`appliance serve` over HTTPS: the server's certificate chain and key (PEM), and, when set, the CA whose
@@ -130,7 +135,7 @@ class Settings:
     metrics_dir: Path | None = None
     tls: Tls | None = None
     allow_plaintext: bool = False
-    reservation_takeover_seconds: int = 30  # a stale reservation is taken over after this (services/mint.py)
+    reservation_takeover_seconds: int = DEFAULT_RESERVATION_TAKEOVER_SECONDS
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def chain(self, chain_id: int) -> Chain | None:
@@ -346,7 +351,8 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
                                  or file.parent / "liabilities.secret"),
         attestation_schedule=schedule, metrics_dir=metrics_dir, tls=tls,
         allow_plaintext=bool(r.get("service.allow_plaintext", bool, False)),
-        reservation_takeover_seconds=r.get("service.reservation_takeover_seconds", int, 30, check=_positive),
+        reservation_takeover_seconds=r.get("service.reservation_takeover_seconds", int,
+                                           DEFAULT_RESERVATION_TAKEOVER_SECONDS, check=_positive),
     )
     if r.problems:
         raise ConfigError(f"{file} has {len(r.problems)} problem(s)", r.problems)

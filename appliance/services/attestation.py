@@ -47,8 +47,6 @@ class AttestationInFlight(Conflict):
 
 AS_OF_SKEW_SECONDS = 86400  # reserve report and supply snapshot must describe the same day
 FUTURE_AS_OF_SECONDS = 300  # clock skew allowed for as_of; a later one would block every real as_of after it
-ABANDONED_AFTER_SECONDS = 30  # default: an unsigned reservation this old lost its signer (HSM or store failure);
-#                               [service] reservation_takeover_seconds sets it, as it does for mint reservations
 MAX_LIST = 200
 
 

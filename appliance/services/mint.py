@@ -11,7 +11,7 @@ Every path that can reach the HSM reads as load, decide, persist, sign:
    recomputed from the stored fields, normalised to low-s and recovered to the mint key's address.
 4. A second and last transaction stores the signature and appends the "signed" audit entry.
 Asking again returns the stored signature without an HSM call. A reservation whose signature was never stored is
-taken over, after `[service] reservation_takeover_seconds` (default RECOVERY_AFTER_SECONDS), by exactly one
+taken over, after `[service] reservation_takeover_seconds` (default 30), by exactly one
 caller, who decides again at now (`_claim`).
 """
 
@@ -26,6 +26,7 @@ from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from appliance import failpoints, metrics
+from appliance.config import DEFAULT_RESERVATION_TAKEOVER_SECONDS
 from appliance.domain import amounts, eip712, mint_rules, quorum
 from appliance.domain import mint_decision as md
 from appliance.domain.attestation import prev_digest
@@ -54,7 +55,7 @@ REQUESTER_ROLES = MINT_REQUESTER_ROLES
 CANCEL_ROLES = frozenset({"treasury", "cfo", "security-admin"})
 STATUSES = ("pending", "authorized", "rejected", "cancelled", "expired")
 MAX_LIST = 200
-RECOVERY_AFTER_SECONDS = 30  # the default takeover delay: longer than any HSM call may take (milliseconds)
+RECOVERY_AFTER_SECONDS = DEFAULT_RESERVATION_TAKEOVER_SECONDS  # unless [service] reservation_takeover_seconds
 NONCE_CONSUMED = md.NONCE_CONSUMED
 
 
