@@ -22,6 +22,7 @@ from appliance.domain.messages import TYP_RESERVE_REPORT
 from appliance.operator import SoftwareSigner, load_key
 from appliance.services import auth, context
 from appliance.services.context import Appliance
+from tests.authenticator import SoftAuthenticator
 
 
 class Clock:
@@ -45,6 +46,7 @@ class Harness:
     directory: Path
     summary: dict[str, Any]
     signers: dict[str, SoftwareSigner] = field(default_factory=dict)
+    keys: dict[str, SoftAuthenticator] = field(default_factory=dict)  # officers' enrolled security keys
 
     @property
     def client(self) -> FlaskClient:
@@ -62,6 +64,18 @@ class Harness:
                 "jti": jti or secrets.token_urlsafe(24)}
         head = {"alg": signer.alg, "kid": signer.key_id, "typ": typ, **(header or {})}
         return jose.sign_compact(head, json.dumps(body).encode(), signer.sign)
+
+    def assertion(self, name: str, typ: str, payload: dict[str, Any], iat: int | None = None,
+                  jti: str | None = None, **options: Any) -> dict[str, Any]:
+        """`name`'s security key's assertion over the statement (the envelope a browser posts)."""
+        body = {**payload, "iat": int(self.clock()) if iat is None else iat, "jti": jti or secrets.token_urlsafe(24)}
+        return self.keys[name].envelope(typ, body, **options)
+
+    def signed(self, name: str, typ: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The body of a write by `name`: with their security key when one is enrolled, else their JWS."""
+        if name in self.keys:
+            return {"webauthn": self.assertion(name, typ, payload)}
+        return {"jws": self.jws(name, typ, payload)}
 
     def report(self, reserves: Any, custodian: str = "heidi") -> str:
         """The reserve report as its custodian signs it (what an attestation request carries)."""
@@ -89,6 +103,11 @@ class Harness:
         return self.jws(name, auth.TYP_MINT_APPROVAL, payload)
 
     def approve(self, name: str, req: dict[str, Any], decision: str = "approve", **override: Any) -> Any:
+        if name in self.keys:  # an officer with an enrolled security key approves with it
+            payload = {"request_id": req["id"], "digest": req["digest"], "decision": decision,
+                       "policy": req["policy"], **override}
+            return self.client.post(f"/v1/mint-requests/{req['id']}/approvals",
+                                    json={"webauthn": self.assertion(name, auth.TYP_MINT_APPROVAL, payload)})
         return self.client.post(f"/v1/mint-requests/{req['id']}/approvals",
                                 json={"jws": self.approval(name, req, decision, **override)})
 
@@ -151,3 +170,25 @@ def digest_of(settings: Any, chain_id: int, contract: str, to: str, amount: str,
     message = eip712.MintAuthorization(to=to, amount=int(amount), nonce=bytes.fromhex(nonce[2:]),
                                        valid_after=int(valid_after), valid_before=int(valid_before))
     return "0x" + eip712.mint_digest(domain, message).hex()
+
+
+SECURITY_KEY_ORIGIN = "http://localhost:8080"
+
+
+def enrol_security_keys(h: Harness, names: list[str], hardware_tiers: tuple[int, ...] = (),
+                        hardware_governance: bool = False, origin: str = SECURITY_KEY_ORIGIN) -> str:
+    """Enact (erin and frank approving) a bundle that enrols a software security key for each of `names`, with
+    the relying party `localhost` at `origin`, and demands security keys on the tiers at `hardware_tiers`."""
+    from tests.integration.test_policy_changes import enact, tables
+
+    policy, operators = tables(h)
+    policy["webauthn"] = {"rp_id": "localhost", "origins": [origin]}
+    for i in hardware_tiers:
+        policy["mint"]["tiers"][i]["hardware_keys_only"] = True
+    if hardware_governance:
+        policy["governance"]["hardware_keys_only"] = True
+    for op in operators["operators"]:
+        if op["name"] in names:
+            key = h.keys.setdefault(op["name"], SoftAuthenticator(origin=origin))
+            op["webauthn"] = [key.credential(f"{op['name']}'s key")]
+    return enact(h, policy, operators)

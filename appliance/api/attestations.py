@@ -7,7 +7,7 @@ import threading
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from appliance.api.util import json_object, query_int, services
+from appliance.api.util import query_int, services, signed_body
 from appliance.errors import Busy
 from appliance.services.attestation import MAX_LIST
 
@@ -45,8 +45,8 @@ def _release(_exc: BaseException | None) -> None:
 
 @bp.post("")
 def create() -> tuple[Response, int]:
-    body = json_object("jws")
-    result = services().attestations.request(body["jws"])
+    token = signed_body()
+    result = services().attestations.request(token)
     response = jsonify({k: v for k, v in result.items() if k != "created"})
     response.headers["Location"] = f"/v1/attestations/{result['seq']}"
     return response, 201 if result["created"] else 200

@@ -1,10 +1,11 @@
-"""Mint request endpoints. Every write carries an operator's JWS in `{"jws": ...}`."""
+"""Mint request endpoints. Every write carries an operator's signature: `{"jws": ...}` or `{"webauthn": {...}}`
+(api/util.signed_body)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from appliance.api.util import json_object, query_int, services
+from appliance.api.util import query_int, services, signed_body
 from appliance.services.mint import MAX_LIST, MintService
 
 bp = Blueprint("mint", __name__, url_prefix="/v1/mint-requests")
@@ -16,8 +17,8 @@ def _service() -> MintService:
 
 @bp.post("")
 def create() -> tuple[Response, int]:
-    body = json_object("jws")
-    created = _service().create(body["jws"])
+    token = signed_body()
+    created = _service().create(token)
     response = jsonify(created)
     response.headers["Location"] = f"/v1/mint-requests/{created['id']}"
     return response, 201
@@ -36,14 +37,14 @@ def get(request_id: str) -> Response:
 
 @bp.post("/<request_id>/approvals")
 def approve(request_id: str) -> tuple[Response, int]:
-    body = json_object("jws")
-    return jsonify(_service().approve(request_id, body["jws"])), 201
+    token = signed_body()
+    return jsonify(_service().approve(request_id, token)), 201
 
 
 @bp.post("/<request_id>/cancel")
 def cancel(request_id: str) -> Response:
-    body = json_object("jws")
-    return jsonify(_service().cancel(request_id, body["jws"]))
+    token = signed_body()
+    return jsonify(_service().cancel(request_id, token))
 
 
 @bp.get("/<request_id>/authorization")

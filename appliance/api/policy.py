@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from appliance.api.util import json_object, services
+from appliance.api.util import services, signed_body
 
 bp = Blueprint("policy", __name__, url_prefix="/v1/policy")
 
@@ -22,11 +22,11 @@ def history() -> Response:
 
 @bp.post("/proposals")
 def propose() -> tuple[Response, int]:
-    body = json_object("jws")
-    return jsonify(services().policies.propose(body["jws"])), 201
+    token = signed_body()
+    return jsonify(services().policies.propose(token)), 201
 
 
 @bp.post("/proposals/<proposal_id>/approvals")
 def approve(proposal_id: str) -> tuple[Response, int]:
-    body = json_object("jws")
-    return jsonify(services().policies.approve(proposal_id, body["jws"])), 201
+    token = signed_body()
+    return jsonify(services().policies.approve(proposal_id, token)), 201

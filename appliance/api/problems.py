@@ -22,6 +22,7 @@ from appliance.errors import (
     StoreInconsistent,
     Unauthenticated,
 )
+from appliance.services.auth import SignCountRegressed
 
 log = logging.getLogger("appliance.api")
 
@@ -91,7 +92,8 @@ FAILURE_AUDIT_BURST, FAILURE_AUDIT_PER_SECOND = 20, 1.0
 def _audit_failure(app: Flask, exc: ApplianceError) -> None:
     """Authentication failures, HSM errors and run-time configuration faults go into the audit log too (best
     effort: never masks the error; rate-limited, see above)."""
-    action = ("auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error" if isinstance(exc, HsmUnavailable)
+    action = ("auth.sign-count-regressed" if isinstance(exc, SignCountRegressed)  # a cloned security key?
+              else "auth.failed" if isinstance(exc, Unauthenticated) else "hsm.error" if isinstance(exc, HsmUnavailable)
               else "service.misconfigured")  # a ConfigError at run time: token or key gone, files altered
     # one budget per action: a flood of forged signatures never hides an HSM error's entry
     limiter = app.extensions.setdefault("failure_audit", {}).setdefault(action, _FailureAudit())

@@ -7,6 +7,7 @@ from typing import Any
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from appliance.domain import webauthn
 from appliance.domain.canonical import parse_json_strict
 from appliance.errors import ClientError, InvalidInput, Problem
 from appliance.services.context import Appliance
@@ -57,6 +58,21 @@ def json_object(*required: str) -> dict[str, Any]:
     if missing:
         raise InvalidInput("the body is missing required members", missing)
     return body
+
+
+def signed_body() -> str:
+    """The operator signature a write carries: `{"jws": "<compact JWS>"}` or `{"webauthn": {<assertion
+    envelope>}}` (a security key's assertion, see domain/webauthn.py), returned as the token the services verify."""
+    body = json_body()
+    if not isinstance(body, dict) or len(body.keys() & {"jws", "webauthn"}) != 1:
+        raise InvalidInput("the body must be {\"jws\": \"<compact JWS>\"} or {\"webauthn\": {<assertion>}}",
+                           [Problem("body", "exactly one of jws and webauthn")])
+    if "webauthn" in body:
+        return webauthn.encode(webauthn.parse(body["webauthn"], "body.webauthn"))
+    token = body["jws"]
+    if not isinstance(token, str):
+        raise InvalidInput("body.jws must be a compact JWS string")
+    return token
 
 
 def query_int(name: str, default: int | None = None, minimum: int = 0, maximum: int | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from appliance.domain.canonical import json_digest
 from appliance.domain.eip712 import to_checksum_address
 from appliance.domain.jose import thumbprint
+from appliance.domain.webauthn import Credential, RelyingParty, parse_credentials, parse_relying_party
 from appliance.errors import InvalidInput, PolicyViolation, Problem
 
 ROLES = frozenset({"treasury", "cfo", "security-admin", "auditor", "custodian"})
@@ -89,9 +90,11 @@ class Operator:
     roles: frozenset[str]
     jwk: Mapping[str, str]
     enabled: bool = True
+    webauthn: tuple[Credential, ...] = ()  # security keys, besides the JWK
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roles", frozenset(self.roles))
+        object.__setattr__(self, "webauthn", tuple(self.webauthn))
         if not isinstance(self.jwk, PublicJwk):
             object.__setattr__(self, "jwk", PublicJwk(self.jwk))
 
@@ -102,7 +105,15 @@ class Operator:
 
     def to_json(self) -> dict[str, Any]:
         """operators.toml's entry for this operator, normalized."""
-        return {"name": self.name, "roles": _ordered(self.roles), "enabled": self.enabled, "jwk": dict(self.jwk)}
+        out: dict[str, Any] = {"name": self.name, "roles": _ordered(self.roles), "enabled": self.enabled,
+                               "jwk": dict(self.jwk)}
+        if self.webauthn:  # written only when enrolled: a bundle from before security keys keeps its hash
+            out["webauthn"] = [c.to_json() for c in self.webauthn]
+        return out
+
+    def credential(self, credential_id: str) -> Credential | None:
+        """The security key enrolled under this id, or None."""
+        return next((c for c in self.webauthn if c.id == credential_id), None)
 
 
 def _duplicate_problems(entries: Sequence[tuple[str, Operator]]) -> list[Problem]:
@@ -110,7 +121,13 @@ def _duplicate_problems(entries: Sequence[tuple[str, Operator]]) -> list[Problem
     problems: list[Problem] = []
     names: dict[str, str] = {}
     keys: dict[tuple[str, ...], tuple[str, str]] = {}
+    credentials: dict[str, str] = {}
     for where, op in entries:
+        for credential in op.webauthn:
+            owner = credentials.setdefault(credential.id, op.name)
+            if owner != op.name:  # one security key under two names would count twice too
+                problems.append(Problem(f"{where}.webauthn", f"security key {credential.id[:16]}... is also "
+                                                             f"enrolled by {owner}: one key, one person"))
         if op.name in names:
             problems.append(Problem(f"{where}.name", f"{op.name} is enrolled twice (also at {names[op.name]})"))
         else:
@@ -130,7 +147,7 @@ class OperatorSet:
     Construction raises InvalidInput when two operators share a name or a public key.
     """
 
-    __slots__ = ("_by_name", "_by_kid")
+    __slots__ = ("_by_name", "_by_kid", "_by_credential")
 
     def __init__(self, operators: Iterable[Operator]) -> None:
         ops = list(operators)
@@ -139,6 +156,7 @@ class OperatorSet:
             raise InvalidInput("an operator is enrolled twice", problems)
         self._by_name: dict[str, Operator] = {op.name: op for op in sorted(ops, key=lambda o: o.name)}
         self._by_kid: dict[str, Operator] | None = None
+        self._by_credential = {c.id: op for op in self._by_name.values() for c in op.webauthn}
 
     def __iter__(self) -> Iterator[Operator]:
         return iter(self._by_name.values())
@@ -172,6 +190,12 @@ class OperatorSet:
             self._by_kid = index
         return self._by_kid.get(kid)
 
+    def by_credential(self, credential_id: str) -> tuple[Operator, Credential] | None:
+        """The operator who enrolled the security key `credential_id`, and that key; None if nobody did."""
+        op = self._by_credential.get(credential_id)
+        credential = None if op is None else op.credential(credential_id)
+        return None if op is None or credential is None else (op, credential)
+
     def with_role(self, role: str) -> list[Operator]:
         """Operators holding `role` (enabled or not), in name order."""
         return [op for op in self if role in op.roles]
@@ -192,6 +216,7 @@ class Tier:
     approvals: int
     eligible_roles: frozenset[str]
     required: tuple[tuple[str, int], ...] = ()
+    hardware_keys_only: bool = False  # only WebAuthn approvals (security keys, passkeys) count
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eligible_roles", frozenset(self.eligible_roles))
@@ -203,6 +228,8 @@ class Tier:
                                "required": dict(self.required)}
         if self.up_to is not None:
             out["up_to"] = str(self.up_to)
+        if self.hardware_keys_only:  # written only when set: older bundles keep their hash
+            out["hardware_keys_only"] = True
         return out
 
 
@@ -239,6 +266,7 @@ class Governance:
     eligible_roles: frozenset[str]
     proposal_ttl_seconds: int = DEFAULT_PROPOSAL_TTL_SECONDS
     proposer_counts: bool = True
+    hardware_keys_only: bool = False  # only WebAuthn votes count
 
     def to_json(self) -> dict[str, Any]:
         # the newer members are written only when not the default: a bundle from before them keeps its hash
@@ -247,6 +275,8 @@ class Governance:
             out["proposal_ttl_seconds"] = self.proposal_ttl_seconds
         if not self.proposer_counts:
             out["proposer_counts"] = False
+        if self.hardware_keys_only:
+            out["hardware_keys_only"] = True
         return out
 
 
@@ -264,6 +294,8 @@ def describe(tier: Tier) -> dict[str, Any]:
     including = [f"{counts[role]} {role}" for role in _ordered(counts) if counts[role]]
     if including:
         text += ", including " + " and ".join(including)
+    if tier.hardware_keys_only:
+        text += ", by security key only"
     return {**tier.to_json(), "text": text + "; requester excluded"}
 
 
@@ -274,6 +306,7 @@ class Policy:
     mint: MintPolicy
     governance: Governance
     reserve_guard: ReserveGuard
+    webauthn: RelyingParty | None = None  # where security-key assertions come from; None: none count
 
     def tier_for(self, amount: int) -> Tier:
         """The first tier whose inclusive bound covers `amount` (the last tier is unbounded)."""
@@ -294,7 +327,7 @@ class Policy:
         """policy.toml's table, normalized: amounts as decimal strings, roles in ROLE_ORDER, every default
         written out."""
         m, g, r = self.mint, self.governance, self.reserve_guard
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
             "name": self.name,
             "mint": {
@@ -311,6 +344,9 @@ class Policy:
             "governance": g.to_json(),
             "reserve_guard": {"enabled": r.enabled, "max_attestation_age_seconds": r.max_attestation_age_seconds},
         }
+        if self.webauthn is not None:  # written only when configured: older bundles keep their hash
+            out["webauthn"] = self.webauthn.to_json()
+        return out
 
 
 @dataclass(frozen=True)
@@ -364,13 +400,15 @@ def unreachable_governance(bundle: PolicyBundle) -> list[Problem]:
     problems = []
     if not any(POLICY_PROPOSER_ROLE in op.roles for op in enabled):
         problems.append(Problem("operators", f"no enabled {POLICY_PROPOSER_ROLE} is left to propose a change"))
-    holders = sum(1 for op in enabled if op.roles & governance.eligible_roles)
+    holders = sum(1 for op in enabled if op.roles & governance.eligible_roles
+                  and (op.webauthn or not governance.hardware_keys_only))
     needed = governance.approvals + (0 if governance.proposer_counts else 1)  # the proposer plus the quorum
     if holders < needed:
         problems.append(Problem("policy.governance.approvals", f"needs {governance.approvals} approvals from "
                                 f"{' or '.join(_ordered(governance.eligible_roles))}"
                                 + ("" if governance.proposer_counts else " besides the proposer")
-                                + f" but only {holders} enabled operators hold those roles"))
+                                + f" but only {holders} enabled operators hold those roles"
+                                + (" and a security key" if governance.hardware_keys_only else "")))
     return problems
 
 
@@ -387,17 +425,17 @@ def unreachable_mint_tiers(bundle: PolicyBundle) -> list[Problem]:
         return [Problem("operators", "no enabled operator can request a mint (roles "
                         f"{' or '.join(_ordered(MINT_REQUESTER_ROLES))})")]
 
-    def holders(roles: frozenset[str], besides: Operator) -> int:
-        return sum(1 for op in requesters if op.roles & roles and op is not besides)
+    def holders(roles: frozenset[str], besides: Operator, hardware: bool) -> int:
+        return sum(1 for op in requesters if op.roles & roles and op is not besides and (op.webauthn or not hardware))
 
     def tier_problems(i: int, tier: Tier, requester: Operator) -> list[Problem]:
         found = []
-        eligible = holders(tier.eligible_roles, requester)
+        eligible = holders(tier.eligible_roles, requester, tier.hardware_keys_only)
         if eligible < tier.approvals:
             found.append(Problem(f"policy.mint.tiers[{i}].approvals", f"needs {tier.approvals} approvals but "
                                  f"only {eligible} enabled operators besides the requester are eligible"))
         for role, count in tier.required:
-            held = holders(frozenset({role}), requester)
+            held = holders(frozenset({role}), requester, tier.hardware_keys_only)
             if held < count:
                 found.append(Problem(f"policy.mint.tiers[{i}].required.{role}", f"needs {count} {role} but "
                                      f"only {held} enabled operators besides the requester hold that role"))
@@ -522,7 +560,7 @@ def parse_operators(data: Mapping[str, Any], source: str = "operators.toml") -> 
     parsed: list[tuple[str, Operator]] = []
     for i, entry in enumerate(entries):
         where = f"operators[{i}]"
-        t = p.table(entry, where, {"name", "roles", "enabled", "jwk"}, {"name", "roles", "jwk"})
+        t = p.table(entry, where, {"name", "roles", "enabled", "jwk", "webauthn"}, {"name", "roles", "jwk"})
         name = t.get("name")
         if "name" in t and (not isinstance(name, str) or not _NAME.fullmatch(name)):
             p.add(f"{where}.name", "must match ^[a-z][a-z0-9_-]{0,31}$")
@@ -530,8 +568,10 @@ def parse_operators(data: Mapping[str, Any], source: str = "operators.toml") -> 
         roles = p.roles(t, "roles", where)
         enabled = p.boolean(t, "enabled", where, default=True)
         jwk = _public_jwk(p, t["jwk"], f"{where}.jwk") if "jwk" in t else None
-        if isinstance(name, str) and roles is not None and enabled is not None and jwk is not None:
-            parsed.append((f"{source}: {where}", Operator(name, roles, jwk, enabled)))
+        keys = parse_credentials(t["webauthn"], f"{where}.webauthn", p.add) if "webauthn" in t else ()
+        if isinstance(name, str) and roles is not None and enabled is not None and jwk is not None \
+                and keys is not None:
+            parsed.append((f"{source}: {where}", Operator(name, roles, jwk, enabled, keys)))
     p.found.extend(_duplicate_problems(parsed))
     p.raise_if_any("the operators")
     return OperatorSet(op for _, op in parsed)
@@ -586,7 +626,7 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy.toml") -> Policy
     max_per_request above velocity_limit, repeated allowlist entries.
     """
     p = _Problems(source)
-    top = p.table(data, "", {"version", "name", "mint", "governance", "reserve_guard"},
+    top = p.table(data, "", {"version", "name", "mint", "governance", "reserve_guard", "webauthn"},
                   {"version", "name", "mint", "governance", "reserve_guard"})
     version = p.integer(top, "version", "")
     name = top.get("name")
@@ -608,13 +648,17 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy.toml") -> Policy
     allowlist = _allowlist(p, m)
 
     g = p.table(top["governance"], "governance", {"approvals", "eligible_roles", "proposal_ttl_seconds",
-                                                  "proposer_counts"},
+                                                  "proposer_counts", "hardware_keys_only"},
                 {"approvals", "eligible_roles"}) if "governance" in top else {}
     governance_approvals = p.integer(g, "approvals", "governance")
     governance_roles = p.roles(g, "eligible_roles", "governance")
     proposal_ttl = p.integer(g, "proposal_ttl_seconds", "governance") if "proposal_ttl_seconds" in g \
         else DEFAULT_PROPOSAL_TTL_SECONDS
     proposer_counts = p.boolean(g, "proposer_counts", "governance", default=True)
+    governance_hardware = p.boolean(g, "hardware_keys_only", "governance", default=False)
+    rp = parse_relying_party(top["webauthn"], "webauthn", p.add) if "webauthn" in top else None
+    if "webauthn" not in top and (governance_hardware or any(t.hardware_keys_only for t in tiers or ())):
+        p.add("webauthn", "required when a tier or the governance demands security keys (hardware_keys_only)")
 
     r = p.table(top["reserve_guard"], "reserve_guard", {"enabled", "max_attestation_age_seconds"},
                 {"enabled"}) if "reserve_guard" in top else {}
@@ -634,8 +678,8 @@ def parse_policy(data: Mapping[str, Any], source: str = "policy.toml") -> Policy
                         approval_ttl_seconds=approval_ttl, authorization_validity_seconds=validity,
                         veto_on_reject=_present(veto), tiers=_present(tiers), allowlist=allowlist),
         governance=Governance(_present(governance_approvals), _present(governance_roles), _present(proposal_ttl),
-                              _present(proposer_counts)),
-        reserve_guard=ReserveGuard(_present(guard_enabled), _present(max_age)))
+                              _present(proposer_counts), _present(governance_hardware)),
+        reserve_guard=ReserveGuard(_present(guard_enabled), _present(max_age)), webauthn=rp)
 
 
 def _present(value: _T | None) -> _T:
@@ -655,7 +699,7 @@ def _tiers(p: _Problems, m: Mapping[str, Any]) -> tuple[Tier, ...] | None:
     previous: tuple[str, int] | None = None  # (location, bound) of the last bounded tier
     for i, entry in enumerate(entries):
         where, last = f"mint.tiers[{i}]", i == len(entries) - 1
-        t = p.table(entry, where, {"up_to", "approvals", "eligible_roles", "required"},
+        t = p.table(entry, where, {"up_to", "approvals", "eligible_roles", "required", "hardware_keys_only"},
                     {"approvals", "eligible_roles"})
         up_to = p.amount(t, "up_to", where)
         if last and "up_to" in t:
@@ -670,8 +714,9 @@ def _tiers(p: _Problems, m: Mapping[str, Any]) -> tuple[Tier, ...] | None:
         approvals = p.integer(t, "approvals", where)
         eligible = p.roles(t, "eligible_roles", where)
         required = _required(p, t, where, approvals, eligible)
-        if approvals is not None and eligible is not None and required is not None:
-            tiers.append(Tier(None if last else up_to, approvals, eligible, required))
+        hardware = p.boolean(t, "hardware_keys_only", where, default=False)
+        if approvals is not None and eligible is not None and required is not None and hardware is not None:
+            tiers.append(Tier(None if last else up_to, approvals, eligible, required, hardware))
     return tuple(tiers) if len(tiers) == len(entries) else None
 
 

@@ -27,7 +27,7 @@ from appliance.domain.policy import (
     parse_policy,
     unreachable_governance,
 )
-from appliance.domain.signed import OPERATOR_ALGS, verify_stored
+from appliance.domain.signed import OPERATOR_ALGS, by_security_key, verify_stored
 from appliance.errors import ApplianceError, InvalidInput, Problem
 
 
@@ -91,7 +91,8 @@ def tally(proposal_id: str, bundle_hash: str, proposal_jws: str | None, votes: S
           governing: PolicyBundle) -> tuple[set[str], set[str]]:
     """(approvers, rejecters) of a proposal among `governing`'s enabled eligible operators, counting only vote
     JWS that verify under `governing`'s keys and name this proposal and its hash. The proposer's own vote counts
-    only when the governance says so (`proposer_counts`)."""
+    only when the governance says so (`proposer_counts`); with `hardware_keys_only`, only votes made with a
+    security key approve (a rejection by any enrolled key still counts: refusing is fail-safe)."""
     governance = governing.policy.governance
     eligible_roles = set(governance.eligible_roles)
     proposer = verify_stored(proposal_jws or "", governing, TYP_POLICY_PROPOSAL)
@@ -104,7 +105,9 @@ def tally(proposal_id: str, bundle_hash: str, proposal_jws: str | None, votes: S
             continue
         operator, payload = verified
         if (not operator.enabled or not operator.roles & eligible_roles or operator.name == excluded
-                or payload.get("proposal") != proposal_id or payload.get("hash") != bundle_hash):
+                or payload.get("proposal") != proposal_id or payload.get("hash") != bundle_hash
+                or (governance.hardware_keys_only and not by_security_key(vote)
+                    and payload.get("decision") == "approve")):
             continue
         if payload.get("decision") == "approve":
             approvers.add(operator.name)

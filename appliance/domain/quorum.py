@@ -30,6 +30,7 @@ APPROVAL_EXPIRED = "approval expired"
 FROM_THE_FUTURE = "approval from the future"
 DUPLICATE = "duplicate (an operator counts once)"
 OVERRULED_BY_REJECTION = "the same operator also rejected (the rejection wins)"
+SECURITY_KEY_REQUIRED = "this tier counts only approvals made with a security key"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Approval:
     policy_hash: str
     iat: int
     authentic: bool = True
+    security_key: bool = False  # made with an enrolled WebAuthn credential rather than a software JWK
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def _ignore_reason(a: Approval, request: RequestFacts, operators: OperatorSet, t
         return REQUESTER
     if not op.roles & tier.eligible_roles:
         return NOT_ELIGIBLE
+    if tier.hardware_keys_only and not a.security_key and a.decision == "approve":
+        return SECURITY_KEY_REQUIRED  # a rejection by any enrolled key still vetoes: refusing is fail-safe
     if a.request_id != request.id:
         return WRONG_REQUEST
     if a.digest != request.digest:

@@ -1,5 +1,9 @@
 """Operator signatures checked again as read back from storage or from the wire: pure, shared by the service
-and an officer's workstation. A stored row counts only through the signature it carries."""
+and an officer's workstation. A stored row counts only through the signature it carries.
+
+An operator signs in one of two ways: a compact JWS under their enrolled JWK, or a WebAuthn assertion by one of
+their enrolled security keys (`domain/webauthn.py`), stored as a JSON envelope. Both say the same statement
+(`typ` and a JSON payload) and both are verified here."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from appliance.domain import jose
+from appliance.domain import jose, webauthn
 from appliance.domain.canonical import parse_json_strict
 from appliance.domain.policy import Operator, PolicyBundle
 from appliance.errors import ApplianceError
@@ -35,6 +39,8 @@ def verify_stored(token: str, bundle: PolicyBundle, typ: str) -> tuple[Operator,
     in `bundle`, of type `typ`, with a JSON object payload. Returns (operator, payload), or None when it does not
     verify. No clock or replay checks (they held when it was accepted) and no role or enabled checks (the
     caller's policy decides). This is what keeps a forged or edited database row from counting."""
+    if webauthn.is_envelope(token):
+        return _verify_stored_assertion(token, bundle, typ)
     try:
         parsed = jose.parse_compact(token, "jws")
         kid = parsed.header.get("kid")
@@ -46,3 +52,23 @@ def verify_stored(token: str, bundle: PolicyBundle, typ: str) -> tuple[Operator,
     except ApplianceError:
         return None
     return (operator, payload) if isinstance(payload, dict) else None
+
+
+def _verify_stored_assertion(token: str, bundle: PolicyBundle, typ: str) -> tuple[Operator, dict[str, Any]] | None:
+    """verify_stored for a WebAuthn envelope: by a security key enrolled in `bundle`, for its relying party, over
+    this typ. The live sign count is not checked again (it was when the assertion was accepted)."""
+    rp = bundle.policy.webauthn
+    try:
+        envelope = webauthn.parse(token)
+        enrolled = bundle.operators.by_credential(envelope.credential_id)
+        if rp is None or enrolled is None or envelope.typ != typ:
+            return None
+        webauthn.verify(envelope, enrolled[1], rp)
+    except ApplianceError:
+        return None
+    return enrolled[0], envelope.payload
+
+
+def by_security_key(token: str) -> bool:
+    """Whether a (verified) operator signature was made with a security key rather than a software JWK."""
+    return webauthn.is_envelope(token)

@@ -1,9 +1,11 @@
-"""Operator authentication: every write is a compact JWS by an enrolled operator's own key.
+"""Operator authentication: every write is signed by an enrolled operator: a compact JWS by their own key, or a
+WebAuthn assertion by one of their enrolled security keys (`domain/webauthn.py`) over the same statement.
 
 The protected header names the key (`kid`, its RFC 7638 thumbprint) and the message type (`typ`), which
 separates the domains: a signed approval can never be replayed as a request or a policy vote. The payload
 carries `iat` (within ±5 minutes of the appliance's clock) and a unique `jti`, recorded in the same
-transaction as the state change so a replay is refused across restarts and instances.
+transaction as the state change so a replay is refused across restarts and instances. A security key's sign
+count is recorded in that transaction too, and one that does not increase is refused (a cloned key).
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
-from appliance.domain import jose
+from appliance.domain import jose, webauthn
 from appliance.domain.canonical import parse_json_strict
 from appliance.domain.messages import TYP_ATTESTATION_REQUEST as TYP_ATTESTATION_REQUEST
 from appliance.domain.messages import TYP_MINT_APPROVAL as TYP_MINT_APPROVAL
@@ -30,7 +32,7 @@ from appliance.domain.signed import OPERATOR_ALGS as OPERATOR_ALGS
 from appliance.domain.signed import verify_operator_signature
 from appliance.domain.signed import verify_stored as verify_stored
 from appliance.errors import ApplianceError, Conflict, Forbidden, InvalidInput, Unauthenticated
-from appliance.store.tables import seen_tokens
+from appliance.store.tables import seen_tokens, webauthn_sign_counts
 
 IAT_SKEW_SECONDS = 300
 
@@ -42,6 +44,12 @@ class Authenticated:
     token: str
     jti: str
     iat: int
+    credential_id: str | None = None  # the security key that made a WebAuthn assertion (None: a JWS)
+    sign_count: int = 0
+
+
+class SignCountRegressed(Unauthenticated):
+    """A security key's sign count did not increase: the key may have been cloned. Audited on its own."""
 
 
 PAST_TENSE = {"approve": "approved", "reject": "rejected"}  # decisions as audit actions (mint.approved)
@@ -78,6 +86,10 @@ def verify_statement(token: object, bundle: PolicyBundle, *, typ: str, roles: fr
 
 def _signed_by_operator(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
                         location: str) -> tuple[Operator, dict[str, Any]]:
+    if webauthn.is_envelope(token):
+        operator, envelope = _asserted_by_operator(str(token), bundle, typ=typ, location=location)
+        _check_operator(operator, roles)
+        return operator, envelope.payload
     if not isinstance(token, str) or token.count(".") != 2:
         raise InvalidInput(f"`{location}` must be a compact JWS string")
     parsed = jose.parse_compact(token, location)
@@ -88,14 +100,39 @@ def _signed_by_operator(token: object, bundle: PolicyBundle, *, typ: str, roles:
         verify_operator_signature(token, operator, typ)
     except ApplianceError as exc:
         raise Unauthenticated(f"the signature of {operator.name} does not verify: {exc.detail}") from exc
-    if not operator.enabled:
-        raise Forbidden(f"operator {operator.name} is disabled")
-    if roles and not (operator.roles & roles):
-        raise Forbidden(f"operator {operator.name} lacks a required role ({', '.join(sorted(roles))})")
+    _check_operator(operator, roles)
     payload = parse_json_strict(parsed.payload, f"{location}.payload")
     if not isinstance(payload, dict):
         raise InvalidInput(f"the payload of `{location}` must be a JSON object")
     return operator, payload
+
+
+def _asserted_by_operator(token: str, bundle: PolicyBundle, *, typ: str,
+                          location: str) -> tuple[Operator, webauthn.Envelope]:
+    """A WebAuthn envelope of type `typ` by a security key enrolled in `bundle`, verified for the bundle's
+    relying party (user verification required) with a sign count above the one enrolled."""
+    envelope = webauthn.parse(token, location)
+    if envelope.typ != typ:
+        raise Unauthenticated(f"the assertion's `typ` must be {typ!r} for this operation")
+    rp = bundle.policy.webauthn
+    if rp is None:
+        raise Unauthenticated("this policy accepts no security keys: it has no [webauthn] relying party")
+    enrolled = bundle.operators.by_credential(envelope.credential_id)
+    if enrolled is None:
+        raise Unauthenticated("no enrolled operator has the security key named by `credential_id`")
+    operator, credential = enrolled
+    try:
+        webauthn.verify(envelope, credential, rp, current_sign_count=credential.sign_count)
+    except ApplianceError as exc:
+        raise Unauthenticated(f"the security key of {operator.name} does not verify: {exc.detail}") from exc
+    return operator, envelope
+
+
+def _check_operator(operator: Operator, roles: frozenset[str]) -> None:
+    if not operator.enabled:
+        raise Forbidden(f"operator {operator.name} is disabled")
+    if roles and not (operator.roles & roles):
+        raise Forbidden(f"operator {operator.name} lacks a required role ({', '.join(sorted(roles))})")
 
 
 def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozenset[str],
@@ -109,6 +146,10 @@ def _authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: froze
         raise Unauthenticated(f"jws.payload.iat is more than {IAT_SKEW_SECONDS} s from the appliance's clock")
     if not isinstance(jti, str) or not 16 <= len(jti) <= 128 or not jti.isascii() or not jti.isprintable():
         raise InvalidInput("jws.payload.jti must be a unique printable ASCII string of 16 to 128 characters")
+    if webauthn.is_envelope(token):
+        envelope = webauthn.parse(token)
+        return Authenticated(operator=operator, payload=payload, token=webauthn.encode(envelope), jti=jti, iat=iat,
+                             credential_id=envelope.credential_id, sign_count=envelope.sign_count)
     return Authenticated(operator=operator, payload=payload, token=token, jti=jti, iat=iat)
 
 
@@ -120,11 +161,32 @@ def consume_jti(conn: Connection, auth: Authenticated, now: int) -> None:
     except sa_exc.IntegrityError as exc:
         metrics.AUTH_FAILURES.labels("replay").inc()
         raise Conflict("this JWS was already used (replayed jti)") from exc
+    if auth.credential_id is not None:
+        _advance_sign_count(conn, auth, now)
+
+
+def _advance_sign_count(conn: Connection, auth: Authenticated, now: int) -> None:
+    """Record a security key's sign count in the caller's transaction; one that does not increase (while either
+    is non-zero: keys that keep no counter report 0) raises SignCountRegressed."""
+    assert auth.credential_id is not None  # noqa: S101 - only called for assertions
+    table = webauthn_sign_counts
+    stored = conn.execute(select(table.c.sign_count).where(table.c.credential_id == auth.credential_id)
+                          .with_for_update()).scalar()
+    if stored is not None and (stored or auth.sign_count) and auth.sign_count <= stored:
+        metrics.AUTH_FAILURES.labels("sign-count").inc()
+        raise SignCountRegressed(f"the security key of {auth.operator.name} reported sign count {auth.sign_count}, "
+                                 f"not above {stored}: the key may have been cloned; the assertion is refused")
+    if stored is None:
+        conn.execute(insert(table).values(credential_id=auth.credential_id, operator=auth.operator.name,
+                                          sign_count=auth.sign_count, updated_at=now))
+    else:
+        conn.execute(update(table).where(table.c.credential_id == auth.credential_id)
+                     .values(sign_count=auth.sign_count, updated_at=now))
 
 
 def _reason_label(detail: str) -> str:
     for key, label in (("typ", "wrong-type"), ("kid", "unknown-key"), ("enrolled", "unknown-key"),
-                       ("does not verify", "bad-signature"), ("iat", "stale")):
+                       ("does not verify", "bad-signature"), ("iat", "stale"), ("security key", "security-key")):
         if key in detail:
             return label
     return "other"

@@ -31,6 +31,7 @@ from appliance.domain import amounts, eip712, mint_rules, quorum
 from appliance.domain import mint_decision as md
 from appliance.domain.attestation import prev_digest
 from appliance.domain.policy import MINT_REQUESTER_ROLES, PolicyBundle, check_new_request
+from appliance.domain.signed import by_security_key
 from appliance.errors import (
     ApplianceError,
     Conflict,
@@ -309,7 +310,8 @@ class MintService:
         operator, payload = verified
         return quorum.Approval(operator=operator.name, decision=payload.get("decision", ""),
                                request_id=payload.get("request_id", ""), digest=payload.get("digest", ""),
-                               policy_hash=payload.get("policy", ""), iat=iat)
+                               policy_hash=payload.get("policy", ""), iat=iat,
+                               security_key=by_security_key(stored.jws))
 
     def _refusals(self, conn: Connection, request: MintRequest, policies: Policies, now: int) -> list[str]:
         """Every reason not to sign now, under the recorded and the active policy: the rules (signed terms,

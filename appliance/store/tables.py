@@ -56,6 +56,16 @@ seen_tokens = Table(
     Column("seen_at", BigInteger, nullable=False),
 )
 
+# The last sign count each security key reported: one that does not increase is refused (a cloned key). Only a
+# clone detector: a row edited down weakens that detection, never lets an assertion count without its signature.
+webauthn_sign_counts = Table(
+    "webauthn_sign_counts", metadata,
+    Column("credential_id", String(1400), primary_key=True),
+    Column("operator", String(64), nullable=False),
+    Column("sign_count", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
 policy_bundles = Table(
     "policy_bundles", metadata,
     Column("id", String(36), primary_key=True),

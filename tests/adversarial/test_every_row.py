@@ -32,7 +32,7 @@ from appliance.domain.canonical import canonical_json
 from appliance.errors import HsmUnavailable
 from appliance.services.mint import RECOVERY_AFTER_SECONDS
 from appliance.store import tables
-from tests.helpers import Harness, digest_of, harness, raising
+from tests.helpers import Harness, digest_of, enrol_security_keys, harness, raising
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ NAMES = ("requester", "operator", "proposed_by", "requested_by", "closed_by")
 # which moments each table matters at (a table's rows about a request matter at each of its stages)
 MOMENTS = {
     "mint_requests": ("pending", "reserved", "signed"),
-    "mint_approvals": ("pending", "reserved", "signed"),
+    "mint_approvals": ("pending", "reserved", "signed", "security-key"),
     "mint_authorizations": ("reserved", "signed"),
     "policy_bundles": ("enacted", "policy-change"),
     "policy_approvals": ("enacted", "policy-change"),
@@ -60,6 +60,7 @@ MOMENTS = {
     "audit_checkpoints": ("pending", "signed"),
     "seen_tokens": ("pending",),
     "attestations": ("attested",),
+    "webauthn_sign_counts": ("security-key",),  # bob and carol approve with security keys
 }
 assert set(MOMENTS) == set(tables.metadata.tables), "a new table needs its moments here"
 
@@ -294,7 +295,7 @@ def _targets(w: World, table: str, request_id: str, proposal_id: str | None) -> 
     if table == "policy_approvals" and proposal_id:
         return "bundle_id = :pid", {"pid": proposal_id}
     newest = {"audit_entries": "idx", "audit_head": "id", "audit_checkpoints": "size", "seen_tokens": "seen_at",
-              "policy_approvals": "created_at", "attestations": "seq"}[table]
+              "policy_approvals": "created_at", "attestations": "seq", "webauthn_sign_counts": "updated_at"}[table]
     top = w.sql(f"SELECT MAX({newest}) FROM {table}")[0][0]
     return f"{newest} = :top", {"top": top}
 
@@ -400,6 +401,8 @@ def _check(w: World) -> None:
 def test_a_database_writer_gets_no_signature_the_quorum_did_not_approve(world: World, backend: str, table: str,
                                                                        moment: str, edit: str) -> None:
     w, h = world, world.h
+    if moment == "security-key":
+        enrol_security_keys(h, ["bob", "carol"])  # their approvals are WebAuthn assertions from here on
     assert w.flow("alice", ("bob", "carol")) is not None  # an earlier, honest mint: rows for the attacker to reuse
     proposal_id = None
     if moment == "attested":

@@ -51,7 +51,9 @@ pytestmark = pytest.mark.slow
 REQUEST_SCOPED = ("mint_requests", "mint_approvals", "mint_authorizations", "seen_tokens")
 SHARED = {"policy_bundles": "policy-change", "policy_approvals": "policy-change", "audit_entries": "signed",
           "audit_head": "signed", "audit_checkpoints": "signed", "attestations": "attested"}
-assert set(REQUEST_SCOPED) | set(SHARED) == set(tables.metadata.tables), "a new table needs a place here"
+# Served officers sign with software keys (the CLI): the security keys' sign counts are swept in process only.
+IN_PROCESS_ONLY = {"webauthn_sign_counts"}
+assert set(REQUEST_SCOPED) | set(SHARED) | IN_PROCESS_ONLY == set(tables.metadata.tables), "a new table needs a place"
 
 
 def request_cases() -> Iterator[Any]:
