@@ -105,6 +105,19 @@ def plaintext_refusal(settings: Settings, host: str) -> str | None:
     return None
 
 
+DEFAULT_CONSOLE_IDLE_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Console:
+    """The officers' web console (`/console/`): whether it is served, the file holding the key that signs its
+    session cookies and enrolment records (created, mode 0600, on first start), and the idle timeout."""
+
+    enabled: bool
+    secret_file: Path
+    idle_timeout_seconds: int
+
+
 @dataclass(frozen=True)
 class Settings:
     path: Path
@@ -136,6 +149,8 @@ class Settings:
     tls: Tls | None = None
     allow_plaintext: bool = False
     reservation_takeover_seconds: int = DEFAULT_RESERVATION_TAKEOVER_SECONDS
+    console: Console = field(default_factory=lambda: Console(True, Path("console.secret"),
+                                                              DEFAULT_CONSOLE_IDLE_SECONDS))
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def chain(self, chain_id: int) -> Chain | None:
@@ -231,6 +246,7 @@ _ALLOWED: dict[str, set[str] | None] = {
     "chains": None,
     "audit": {"origin", "checkpoint_interval_seconds"},
     "policy": {"policy_file", "operators_file"},
+    "console": {"enabled", "secret_file", "idle_timeout_seconds"},
     "attestation": {"data_dir", "liabilities_secret_file", "schedule_minutes", "reserves", "supply", "holders"},
 }
 
@@ -353,6 +369,9 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         allow_plaintext=bool(r.get("service.allow_plaintext", bool, False)),
         reservation_takeover_seconds=r.get("service.reservation_takeover_seconds", int,
                                            DEFAULT_RESERVATION_TAKEOVER_SECONDS, check=_positive),
+        console=Console(bool(r.get("console.enabled", bool, True)),
+                        r.path("console.secret_file", "console.secret") or file.parent / "console.secret",
+                        r.get("console.idle_timeout_seconds", int, DEFAULT_CONSOLE_IDLE_SECONDS, check=_positive)),
     )
     if r.problems:
         raise ConfigError(f"{file} has {len(r.problems)} problem(s)", r.problems)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from appliance.domain import webauthn
 from appliance.domain.jose import b64url_encode
 
-FLAG_UP, FLAG_UV = 0x01, 0x04
+FLAG_UP, FLAG_UV, FLAG_AT = 0x01, 0x04, 0x40
 
 
 @dataclass
@@ -66,3 +66,19 @@ class SoftAuthenticator:
         raw = self.assert_challenge(over, **options)
         return {"typ": typ, "payload": payload, "credential_id": b64url_encode(self.credential_id),
                 **{k: b64url_encode(v) for k, v in raw.items()}}
+
+    def register(self, challenge: bytes, *, rp_id: str | None = None, origin: str | None = None,
+                 uv: bool = True) -> dict[str, Any]:
+        """The registration response a browser's navigator.credentials.create returns (attestation "none"),
+        as the JSON the console posts."""
+        auth_data = (hashlib.sha256((rp_id or self.rp_id).encode()).digest()
+                     + bytes([FLAG_UP | FLAG_AT | (FLAG_UV if uv else 0)]) + self.sign_count.to_bytes(4, "big")
+                     + bytes(16) + len(self.credential_id).to_bytes(2, "big") + self.credential_id
+                     + self.cose_public_key)
+        client_data = json.dumps({"type": "webauthn.create", "challenge": b64url_encode(challenge),
+                                  "origin": origin or self.origin, "crossOrigin": False}).encode()
+        attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+        cid = b64url_encode(self.credential_id)
+        return {"id": cid, "rawId": cid, "type": "public-key",
+                "response": {"clientDataJSON": b64url_encode(client_data),
+                             "attestationObject": b64url_encode(attestation), "transports": ["usb"]}}

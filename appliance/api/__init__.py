@@ -27,6 +27,10 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
     problems.register(app)
     for blueprint in (health.bp, audit.bp, mint.bp, policy.bp, attestations.bp):
         app.register_blueprint(blueprint)
+    if app_ctx.settings.console.enabled:
+        from appliance import console
+
+        console.install(app)
 
     @app.before_request
     def _start() -> None:

@@ -133,3 +133,39 @@ def format_units(amount: int, decimals: int) -> str:
     whole, fraction = divmod(abs(amount), 10**decimals)
     text = f"{sign}{whole:,}"
     return f"{text}.{fraction:0{decimals}d}" if decimals else text
+
+
+_TOKENS = re.compile(r"(?P<whole>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.(?P<fraction>[0-9]+))?")
+
+
+def parse_tokens(text: object, decimals: int, location: str, *, symbol: str | None = None) -> int:
+    """Base units of an amount written in whole tokens, as an officer types it: "250000", "250,000",
+    "1,234.5" (at most `decimals` fraction digits, commas only as correct thousands groups), optionally followed
+    by the token's `symbol` ("250000 HKDS"). Exact (never a float); InvalidInput at `location` otherwise, and
+    for zero or more than 2^256 - 1 base units."""
+    _check_decimals(decimals)
+    if not isinstance(text, str):
+        raise _invalid(location, f"must be an amount in tokens such as \"250,000\", not {_kind(text)}")
+    value = text.strip()
+    if symbol and value.upper().endswith(symbol.upper()):
+        value = value[: -len(symbol)].rstrip()
+    match = _TOKENS.fullmatch(value) if len(value) <= 100 else None
+    if match is None:
+        raise _invalid(location, f"{text[:40]!r} is not an amount in tokens (digits, optional thousands commas and "
+                                 "a decimal point)")
+    fraction = match["fraction"] or ""
+    if len(fraction) > decimals:
+        raise _invalid(location, f"has {len(fraction)} decimal places; the token has {decimals}")
+    units: int = int(match["whole"].replace(",", "")) * 10**decimals + int(fraction.ljust(decimals, "0") or "0")
+    if not 0 < units <= MAX_UINT256:
+        raise _invalid(location, "must be more than zero" if units == 0 else "is larger than 2^256 - 1 base units")
+    return units
+
+
+def format_tokens(amount: int, decimals: int, symbol: str = "") -> str:
+    """An amount of base units as an officer reads it: thousands separators, no trailing fraction zeros, and
+    the symbol: (250000000000, 6, "HKDS") -> "250,000 HKDS"; (1500000, 6) -> "1.5"."""
+    text = format_units(amount, decimals)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {symbol}" if symbol else text

@@ -299,3 +299,42 @@ def _cose_key_ok(value: Any) -> bool:
     except Exception:  # noqa: BLE001 - any failure to decode means: not a usable key
         return False
     return decoded.alg in (COSEAlgorithmIdentifier.ECDSA_SHA_256, COSEAlgorithmIdentifier.EDDSA)
+
+
+# -- registration: a new security key, before the quorum enrols it ----------------------------------------------
+
+TYP_LOGIN = "console-login"  # a sign-in: the challenge commits to the officer, a random nonce and the time
+
+
+def registered(response: Mapping[str, Any], challenge_bytes: bytes, rp: RelyingParty, label: str) -> Credential:
+    """The credential a browser's registration response (`navigator.credentials.create`, JSON with base64url
+    members) creates: over `challenge_bytes`, for `rp`, user verified, with an ES256 or EdDSA key. The
+    attestation is not required (fmt none is accepted): the quorum that enrols the key is what vouches for it.
+    Unauthenticated or InvalidInput otherwise."""
+    from webauthn import verify_registration_response  # noqa: PLC0415 - heavy, and needed only here
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier  # noqa: PLC0415
+    from webauthn.helpers.exceptions import InvalidRegistrationResponse  # noqa: PLC0415
+
+    if not isinstance(label, str) or not 0 < len(label) <= 64 or not label.isprintable():
+        raise InvalidInput("the key's label must be printable text of 1 to 64 characters")
+    try:
+        verified = verify_registration_response(
+            credential=dict(response), expected_challenge=challenge_bytes, expected_rp_id=rp.rp_id,
+            expected_origin=list(rp.origins), require_user_verification=True,
+            supported_pub_key_algs=[COSEAlgorithmIdentifier.ECDSA_SHA_256, COSEAlgorithmIdentifier.EDDSA])
+    except InvalidRegistrationResponse as exc:
+        raise Unauthenticated(f"the security key's registration does not verify: {_reason(exc)}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidInput("the registration response is malformed") from exc
+    transports = response.get("response", {}).get("transports") or []
+    return Credential(id=b64url_encode(verified.credential_id),
+                      public_key=b64url_encode(verified.credential_public_key), sign_count=verified.sign_count,
+                      aaguid=verified.aaguid, label=label,
+                      transports=tuple(sorted({t for t in transports if isinstance(t, str) and t in TRANSPORTS})))
+
+
+def fingerprint(credential: Credential) -> str:
+    """What an officer and the security admins compare out of band before a key is enrolled: the first 20 hex
+    digits of SHA-256 of the COSE public key, in groups of four ("3f2a 9c01 ...")."""
+    digest = hashlib.sha256(b64url_decode(credential.public_key)).hexdigest()[:20]
+    return " ".join(digest[i:i + 4] for i in range(0, 20, 4))

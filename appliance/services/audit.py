@@ -225,6 +225,18 @@ class AuditLog:
             texts = audit_repo.entries(conn, start, end)
         return texts if canonical else [json.loads(e) for e in texts]
 
+    def entries_about(self, subject: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The entries whose subject is exactly `subject` (oldest first, at most `limit`), as stored: for a
+        person to read; what is verifiable is the log itself (entries, proofs, checkpoints)."""
+        with self.app.db.read() as conn:
+            texts = audit_repo.entries_mentioning(conn, f'"subject":{canonical_json(subject).decode()}', limit)
+        found = []
+        for text in texts:
+            entry = json.loads(text)
+            if isinstance(entry, dict) and entry.get("subject") == subject:
+                found.append(entry)
+        return found
+
     def _tree(self, size: int) -> merkle.LeafHashes:
         """The verified leaf hashes (see _verified_tree) for a proof up to `size` (the caller holds
         audit_tree_lock). Remembered subtrees make each proof O(log n) after the first."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from appliance.services.attestation import AttestationService
 from appliance.services.audit import AuditLog
+from appliance.services.console import ConsoleService
 from appliance.services.context import Appliance
 from appliance.services.mint import MintService
 from appliance.services.policy import PolicyService
@@ -21,13 +22,14 @@ class Services:
     policies: PolicyService
     mint: MintService
     attestations: AttestationService
+    console: ConsoleService
 
     @staticmethod
     def build(app: Appliance) -> Services:
         audit = AuditLog(app)
         policies = PolicyService(app, audit)
         return Services(audit, policies, MintService(app, audit, policies),
-                        AttestationService(app, audit, policies))
+                        AttestationService(app, audit, policies), ConsoleService(app, audit, policies))
 
 
 def of(app: Appliance) -> Services:

@@ -142,6 +142,15 @@ def entries(conn: Connection, start: int, end: int) -> list[str]:
     return [r.entry for r in rows]
 
 
+def entries_mentioning(conn: Connection, fragment: str, limit: int) -> list[str]:
+    """Up to `limit` entries whose canonical JSON contains `fragment` literally, oldest first."""
+    pattern = "%" + fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = _flushed(conn).execute(select(audit_entries.c.entry).where(audit_entries.c.entry.like(pattern,
+                                                                                                  escape="\\"))
+                                  .order_by(audit_entries.c.idx).limit(limit))
+    return [r.entry for r in rows]
+
+
 def leaf_hashes(conn: Connection, size: int, start: int = 0) -> list[bytes]:
     """The leaf hashes with index in [start, size), in order (for proofs)."""
     rows = _flushed(conn).execute(select(audit_entries.c.leaf_hash)

@@ -66,6 +66,18 @@ webauthn_sign_counts = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+# A security key an officer registered in the console, waiting for the policy change that enrols it. `mac` is an
+# HMAC under the console secret (a file on the appliance host) over operator and credential: a row written by
+# someone who holds only the database is never offered for enrolment. Nothing here counts before the quorum.
+webauthn_enrolments = Table(
+    "webauthn_enrolments", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("operator", String(64), nullable=False),
+    Column("credential", Text, nullable=False),
+    Column("mac", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 policy_bundles = Table(
     "policy_bundles", metadata,
     Column("id", String(36), primary_key=True),

@@ -30,8 +30,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from appliance.domain.canonical import canonical_json
 from appliance.errors import HsmUnavailable
+from appliance.services import registry
 from appliance.services.mint import RECOVERY_AFTER_SECONDS
 from appliance.store import tables
+from tests.authenticator import SoftAuthenticator
 from tests.helpers import Harness, digest_of, enrol_security_keys, harness, raising
 
 pytestmark = pytest.mark.slow
@@ -61,6 +63,7 @@ MOMENTS = {
     "seen_tokens": ("pending",),
     "attestations": ("attested",),
     "webauthn_sign_counts": ("security-key",),  # bob and carol approve with security keys
+    "webauthn_enrolments": ("enrolment",),  # bob registered a security key in the console; not enrolled yet
 }
 assert set(MOMENTS) == set(tables.metadata.tables), "a new table needs its moments here"
 
@@ -181,6 +184,15 @@ class World:
     signer_calls: int = 0
     statuses: list[tuple[str, int, Any]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # the attacker's statements the store refused
+    registered: set[tuple[str, str]] = field(default_factory=set)  # (officer, public key) registered honestly
+
+    def register_key(self, name: str) -> None:
+        """`name` registers a security key in the console (it waits there for an enrolment quorum)."""
+        console = registry.of(self.h.app_ctx).console
+        key = SoftAuthenticator()
+        _, challenge = console.registration_options(name)
+        done = console.register(name, challenge, key.register(base64.urlsafe_b64decode(challenge + "==")), "key")
+        self.registered.add((name, done["credential"]["public_key"]))
 
     def call(self, what: str, response: Any) -> Any:
         self.statuses.append((what, response.status_code, response.get_json(silent=True)))
@@ -295,7 +307,8 @@ def _targets(w: World, table: str, request_id: str, proposal_id: str | None) -> 
     if table == "policy_approvals" and proposal_id:
         return "bundle_id = :pid", {"pid": proposal_id}
     newest = {"audit_entries": "idx", "audit_head": "id", "audit_checkpoints": "size", "seen_tokens": "seen_at",
-              "policy_approvals": "created_at", "attestations": "seq", "webauthn_sign_counts": "updated_at"}[table]
+              "policy_approvals": "created_at", "attestations": "seq", "webauthn_sign_counts": "updated_at",
+              "webauthn_enrolments": "created_at"}[table]
     top = w.sql(f"SELECT MAX({newest}) FROM {table}")[0][0]
     return f"{newest} = :top", {"top": top}
 
@@ -391,6 +404,8 @@ def _check(w: World) -> None:
     assert not unapproved, f"the HSM signed a mint no honest quorum approved: {unapproved}"
     twice = [d for d, n in w.mint_digests.items() if n > 1]
     assert not twice, f"the HSM signed one mint twice: {twice}"
+    offered = {(e["operator"], e["credential"].public_key) for e in registry.of(w.h.app_ctx).console.enrolments()}
+    assert offered <= w.registered, f"the console offers a key nobody registered for enrolment: {offered}"
     forks = {size: roots for size, roots in w.checkpoints.items() if len(roots) > 1}
     assert not forks, f"two checkpoints of one size: {forks}"
     seqs = {seq: p for seq, p in w.attestations.items() if len(p) > 1}
@@ -403,6 +418,9 @@ def test_a_database_writer_gets_no_signature_the_quorum_did_not_approve(world: W
     w, h = world, world.h
     if moment == "security-key":
         enrol_security_keys(h, ["bob", "carol"])  # their approvals are WebAuthn assertions from here on
+    if moment == "enrolment":
+        enrol_security_keys(h, [])  # a relying party, and no keys yet
+        w.register_key("bob")
     assert w.flow("alice", ("bob", "carol")) is not None  # an earlier, honest mint: rows for the attacker to reuse
     proposal_id = None
     if moment == "attested":

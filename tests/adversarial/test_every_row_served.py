@@ -52,7 +52,7 @@ REQUEST_SCOPED = ("mint_requests", "mint_approvals", "mint_authorizations", "see
 SHARED = {"policy_bundles": "policy-change", "policy_approvals": "policy-change", "audit_entries": "signed",
           "audit_head": "signed", "audit_checkpoints": "signed", "attestations": "attested"}
 # Served officers sign with software keys (the CLI): the security keys' sign counts are swept in process only.
-IN_PROCESS_ONLY = {"webauthn_sign_counts"}
+IN_PROCESS_ONLY = {"webauthn_sign_counts", "webauthn_enrolments"}
 assert set(REQUEST_SCOPED) | set(SHARED) | IN_PROCESS_ONLY == set(tables.metadata.tables), "a new table needs a place"
 
 

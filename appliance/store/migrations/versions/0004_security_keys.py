@@ -1,4 +1,5 @@
-"""Security keys' last sign counts (webauthn_sign_counts).
+"""Security keys: their last sign counts (webauthn_sign_counts) and registrations waiting for the quorum that
+enrols them (webauthn_enrolments).
 
 Revision ID: 0004
 Revises: 0003
@@ -24,5 +25,17 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "webauthn_enrolments",
+        sa.Column("id", sa.String(36), nullable=False),
+        sa.Column("operator", sa.String(64), nullable=False),
+        sa.Column("credential", sa.Text, nullable=False),
+        sa.Column("mac", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webauthn_enrolments")),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("webauthn_enrolments")
     op.drop_table("webauthn_sign_counts")
