@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from appliance.errors import ApplianceError
+
 
 def _key(item: Any, index: int) -> str:
     if isinstance(item, Mapping):
@@ -18,6 +20,8 @@ def _key(item: Any, index: int) -> str:
             return item["name"]
         if "address" in item:
             return f"{item.get('chain_id', '')}:{item['address']}"
+        if "public_key" in item and isinstance(item.get("id"), str):  # a security key: by its credential id
+            return str(item["id"])
     return str(index)
 
 
@@ -54,3 +58,37 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         elif before[path] != after[path] or type(before[path]) is not type(after[path]):
             lines.append(f"~ {path}: {_show(before[path])} -> {_show(after[path])}")
     return lines
+
+
+def _keys_by_operator(bundle: Mapping[str, Any]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    operators = bundle.get("operators", {}).get("operators", []) if isinstance(bundle, Mapping) else []
+    return {(str(op.get("name")), str(c.get("id"))): c for op in operators if isinstance(op, Mapping)
+            for c in op.get("webauthn", []) if isinstance(c, Mapping)}
+
+
+def _key_text(credential: Mapping[str, Any]) -> str:
+    from appliance.domain.webauthn import Credential, fingerprint  # noqa: PLC0415 - a light import
+
+    try:
+        shown = fingerprint(Credential(str(credential["id"]), str(credential["public_key"])))
+    except (KeyError, ValueError, ApplianceError):
+        shown = "unreadable key"
+    return f"\"{credential.get('label') or 'security key'}\" (fingerprint {shown})"
+
+
+def readable(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """diff() as a security admin reads it: each security key enrolled or removed as one sentence with its
+    fingerprint (to compare with its owner), then every other change as a diff() line."""
+    before, after = _keys_by_operator(old), _keys_by_operator(new)
+    lines = [f"+ {name} enrols security key {_key_text(after[name, cid])}"
+             for name, cid in sorted(after.keys() - before.keys())]
+    lines += [f"- {name} loses security key {_key_text(before[name, cid])}"
+              for name, cid in sorted(before.keys() - after.keys())]
+    return lines + [line for line in diff(old, new) if _not_about_whole_keys(line)]
+
+
+def _not_about_whole_keys(line: str) -> bool:
+    """Whether a diff() line says more than the sentences above: anything but a security key (or an empty list
+    of them) appearing or disappearing; a changed member of a kept key (its label, say) stays."""
+    path = line.split(":", 1)[0]
+    return ".webauthn" not in path or (line.startswith("~") and ".webauthn[" in path)

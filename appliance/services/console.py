@@ -290,5 +290,5 @@ class ConsoleService:
                 out.append({**p, "changes": [], "problem": vouched})
                 continue
             bundle = policy_history.proposed_bundle(vouched, active.bundle)
-            out.append({**p, "changes": bundle_diff.diff(active.bundle.to_json(), bundle.to_json())})
+            out.append({**p, "changes": bundle_diff.readable(active.bundle.to_json(), bundle.to_json())})
         return out

@@ -644,7 +644,9 @@ class MintService:
             "token": self.app.settings.token_symbol, "nonce": r.nonce, "valid_after": r.valid_after,
             "valid_before": r.valid_before, "digest": r.digest, "policy": r.policy_hash,
             "typedData": eip712.typed_data(self._domain(r), _message(r)), "required": judged.quorum.required(),
-            "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat} for a in judged.approvals],
+            "approvals": [{"operator": a.operator, "decision": a.decision, "iat": a.iat,
+                           "by": "security key" if by_security_key(a.jws) else "software key"}
+                          for a in judged.approvals],
             "quorum": judged.quorum.to_json(), "created_at": r.created_at, "expires_at": r.expires_at,
             "authorization": authorization, "request_jws": r.request_jws,
             "warnings": judged.warnings if status == "pending" else [],

@@ -69,3 +69,22 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
 def test_a_diff_is_empty_exactly_when_the_flattened_objects_agree(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert (diff(a, b) == []) == (diff(b, a) == [])
     assert diff(a, a) == []
+
+
+def test_readable_names_each_security_key_enrolled_or_removed_with_its_fingerprint() -> None:
+    from appliance.domain.bundle_diff import readable
+    from appliance.domain.webauthn import Credential, fingerprint
+    from tests.authenticator import SoftAuthenticator
+
+    key = SoftAuthenticator().credential("bob's key")
+    shown = fingerprint(Credential(key["id"], key["public_key"]))
+    old = {"operators": {"operators": [{"name": "bob", "roles": ["treasury"]}]}}
+    new = {"operators": {"operators": [{"name": "bob", "roles": ["treasury"], "webauthn": [key]}]}}
+    assert readable(old, new) == [f'+ bob enrols security key "bob\'s key" (fingerprint {shown})']
+    assert readable(new, old) == [f'- bob loses security key "bob\'s key" (fingerprint {shown})']
+    renamed = {"operators": {"operators": [{"name": "bob", "roles": ["treasury"],
+                                            "webauthn": [{**key, "label": "spare"}]}]}}
+    path = f'operators.operators[bob].webauthn[{key["id"]}].label'
+    assert readable(new, renamed) == [f'~ {path}: "bob\'s key" -> "spare"']
+    more = {"operators": {"operators": [{"name": "bob", "roles": ["treasury", "cfo"], "webauthn": [key]}]}}
+    assert readable(new, more) == ['+ operators.operators[bob].roles[1]: "cfo"']
