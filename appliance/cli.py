@@ -225,7 +225,8 @@ def keys_export(obj: Context, fmt: str) -> None:
 # Command groups, imported only when used: `appliance mint show` loads neither the HSM adapter nor the store.
 _LAZY = {"mint": ("mint", "mint"), "audit": ("audit", "audit"), "policy": ("policy", "policy"),
          "attest": ("attest", "attest"), "attestations": ("attest", "attestations"),
-         "liabilities": ("attest", "liabilities"), "reserves": ("attest", "reserves"), "verify": ("verify", "verify")}
+         "liabilities": ("attest", "liabilities"), "reserves": ("attest", "reserves"), "verify": ("verify", "verify"),
+         "security-keys": ("security_keys", "security_keys")}
 
 
 def _lazy_list(ctx: click.Context) -> list[str]:

@@ -24,6 +24,7 @@ from appliance.errors import ConfigError
 
 TOKEN_LABEL = "appliance-dev"  # noqa: S105 - a token label, not a secret
 DEV_CHAIN_ID = 31337
+DEV_PORT = 8080
 DEV_OPERATORS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("alice", ("treasury",), "Ed25519"),
     ("bob", ("treasury",), "P-256"),
@@ -94,6 +95,8 @@ def dev_policy(allowlist: list[str]) -> dict[str, Any]:
         },
         "governance": {"approvals": 2, "eligible_roles": ["security-admin"]},
         "reserve_guard": {"enabled": False, "max_attestation_age_seconds": 172800},
+        # the console of `make run` (http://localhost:8080/console/): officers may enrol security keys there
+        "webauthn": {"rp_id": "localhost", "origins": [f"http://localhost:{DEV_PORT}"]},
     }
 
 
@@ -101,8 +104,9 @@ POLICY_HEADER = """\
 # Development policy written by `appliance dev-init` (a throwaway environment).
 # Up to 1,000,000 tokens (10^12 base units at 6 decimals) a request needs 2 approvals from treasury or cfo;
 # more needs 3, including one cfo. The requester never counts.
-# The reserve guard is OFF here so that mints work before the first attestation; the example policy in
-# firmware-config/ has it on, as a production deployment must.
+# The reserve guard is OFF here so that mints work before the first attestation, and software keys count on
+# every tier (the officers' PEM files in operators/); the example policy in firmware-config/ has the guard on
+# and demands security keys above the smallest tier and for governance, as a production deployment should.
 # Editing this file does not change what a running appliance enforces: propose it with
 # `appliance policy propose` and have security admins approve it.
 
@@ -168,7 +172,7 @@ def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin:
         "keys": {"mint": "mint-secp256k1", "attestation": "attestation-p256", "audit": "audit-ed25519",
                  "policy_anchor": f"policy-anchor-{secrets.token_hex(6)}"},
         "storage": {"url": storage_url, "write_timeout_seconds": 5.0},
-        "service": {"listen": "127.0.0.1:8080", "workers": 2, "threads": 8, "max_body_bytes": 1048576},
+        "service": {"listen": f"127.0.0.1:{DEV_PORT}", "workers": 2, "threads": 8, "max_body_bytes": 1048576},
         "issuer": {"name": "Example HKD Stablecoin Issuer Ltd (dev)", "token_symbol": "HKDS",
                    "token_name": "HKD Stablecoin", "token_decimals": 6, "currency": "HKD"},
         "eip712": {"name": "HKD Stablecoin", "version": "1"},

@@ -19,6 +19,7 @@ from appliance.domain import jose
 from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, TYP_RESERVE_REPORT, dumps
 from appliance.domain.mint_rules import nonce_for
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
+from appliance.domain.signed import verify_stored
 from appliance.errors import ApplianceError, ConfigError, VerificationFailed
 
 
@@ -135,13 +136,16 @@ def check_proposal(policy: dict[str, Any], proposal: dict[str, Any]) -> dict[str
     under an enabled security admin's key in the active bundle, on the active bundle as its base) and checked to
     be the bundle and hash the service lists. Returns that bundle's JSON; VerificationFailed otherwise."""
     active = policy["active"]
-    admins = [op["jwk"] for op in _enrolled(policy)
-              if op.get("enabled", True) and POLICY_PROPOSER_ROLE in op.get("roles", [])]
     try:
-        payload = _signed_object(proposal.get("proposal_jws"), admins, TYP_POLICY_PROPOSAL)
-    except ValueError as exc:
+        bundle = PolicyBundle.from_json(active["bundle"])
+    except ApplianceError as exc:
+        raise VerificationFailed(f"the active bundle the service lists is not valid: {exc}") from exc
+    # a JWS or a security key's assertion (a proposal made in the console), by an enabled admin of the bundle
+    verified = verify_stored(str(proposal.get("proposal_jws") or ""), bundle, TYP_POLICY_PROPOSAL)
+    if verified is None or not verified[0].enabled or POLICY_PROPOSER_ROLE not in verified[0].roles:
         raise VerificationFailed("the proposal is not signed by an enabled security admin of the active bundle: "
-                                 "refusing to vote") from exc
+                                 "refusing to vote")
+    payload = verified[1]
     if payload.get("base") != active["hash"]:
         raise VerificationFailed(f"the proposal was made on bundle {payload.get('base')}, not on the active bundle "
                                  f"{active['hash']}: refusing to vote (it would undo what changed since)")

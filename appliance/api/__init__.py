@@ -14,7 +14,7 @@ from appliance.services.context import Appliance
 
 def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) -> Flask:
     """Build the WSGI app around an already-wired Appliance (one per process)."""
-    from appliance.api import attestations, audit, health, mint, policy
+    from appliance.api import attestations, audit, health, mint, policy, security_keys
     from appliance.services import registry
 
     app = Flask("appliance")
@@ -25,7 +25,7 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
     app.extensions["appliance"] = app_ctx
     app.extensions["services"] = registry.of(app_ctx)  # built once per process
     problems.register(app)
-    for blueprint in (health.bp, audit.bp, mint.bp, policy.bp, attestations.bp):
+    for blueprint in (health.bp, audit.bp, mint.bp, policy.bp, attestations.bp, security_keys.bp):
         app.register_blueprint(blueprint)
     if app_ctx.settings.console.enabled:
         from appliance import console

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 
 from appliance.commands import ID, url_option, warn_unpinned
 from appliance.domain import messages, policy_history
-from appliance.domain.bundle_diff import diff
+from appliance.domain.bundle_diff import readable
 from appliance.errors import VerificationFailed
 from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
 
@@ -80,7 +81,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
         warn_unpinned(client, as_json)
         proposed = check_proposal(current, proposal)
         if not as_json:
-            changes = diff(current["active"]["bundle"], proposed)
+            changes = readable(current["active"]["bundle"], proposed)
             click.echo(f"proposal {proposal_id} by {proposal['proposed_by']}, bundle {proposal['hash']}")
             click.echo(f"changes against the active bundle {current['active']['hash']}:")
             click.echo("\n".join(f"  {line}" for line in changes) or "  (none)")
@@ -90,6 +91,43 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
                                                           "decision": "reject" if reject else "approve"})
     result = client.post(f"/v1/policy/proposals/{proposal_id}/approvals", {"jws": jws})
     click.echo(json.dumps(result, indent=2) if as_json else f"proposal {proposal_id}: {result['status']}")
+
+
+@policy.command("enrol")
+@click.argument("registration_ids", nargs=-1, type=ID)
+@click.option("--operator", required=True, help="you: a security admin")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (scripts)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (implies --yes)")
+@url_option
+@click.pass_context
+def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, key: str, yes: bool,
+          as_json: bool) -> None:
+    """Propose enrolling the security keys registered in the console (all waiting ones, or REGISTRATION_IDS):
+    the active policy with each key added to its officer. Shows each key's fingerprint first: compare them with
+    their owners. The other security admins then approve it (`appliance policy approve`)."""
+    client = ctx.obj.client()
+    signer = load_key(key)
+    current = client.policy()
+    check_enrolled(signer, operator, current)
+    waiting = client.get("/v1/security-keys/registrations")["registrations"]
+    chosen = [r for r in waiting if not registration_ids or r["id"] in registration_ids]
+    if not chosen or (registration_ids and len(chosen) != len(set(registration_ids))):
+        raise click.ClickException("no such security key is waiting for enrolment: see `appliance security-keys "
+                                   "pending`")
+    bundle = copy.deepcopy(current["active"]["bundle"])
+    for entry in bundle["operators"]["operators"]:
+        entry.setdefault("webauthn", []).extend(r["credential"] for r in chosen if r["operator"] == entry["name"])
+        if not entry["webauthn"]:
+            del entry["webauthn"]
+    if not as_json:
+        click.echo("\n".join(readable(current["active"]["bundle"], bundle)))
+        if not yes:
+            click.confirm(f"propose this enrolment as {operator}?", abort=True)
+    payload = {"policy": bundle["policy"], "operators": bundle["operators"], "base": current["active"]["hash"]}
+    result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, messages.TYP_POLICY_PROPOSAL, payload)})
+    click.echo(json.dumps(result, indent=2) if as_json else
+               f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
 
 
 @policy.command("show")

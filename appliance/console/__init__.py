@@ -344,8 +344,7 @@ def _keys_page(officer: Operator, invitation: dict[str, str] | None = None) -> s
 @signed_in(frozenset({POLICY_PROPOSER_ROLE}))
 def invite(officer: Operator) -> str:
     name = str(request.form.get("operator", ""))
-    token = services().console.invite(officer, name)
-    return _keys_page(officer, {"name": name, "link": url_for("console.enrol", token=token, _external=True)})
+    return _keys_page(officer, {"name": name, "link": services().console.invite(officer, name)})
 
 
 @bp.get("/enrol/<token>")

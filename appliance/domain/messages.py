@@ -14,6 +14,7 @@ TYP_ATTESTATION_REQUEST = "attestation-request+jws"
 TYP_RESERVE_REPORT = "reserve-report+jws"  # a custodian's signed reserve report (the payload is the report)
 TYP_POLICY_PROPOSAL = "policy-proposal+jws"
 TYP_POLICY_APPROVAL = "policy-approval+jws"
+TYP_KEY_INVITATION = "security-key-invitation+jws"  # a security admin invites an officer to register a key
 
 
 def dumps(payload: dict[str, Any]) -> bytes:

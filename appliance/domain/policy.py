@@ -33,6 +33,7 @@ MAX_INTEGER = 2**53 - 1  # counts, durations, chain ids: the largest integer exa
 DEFAULT_MAX_ATTESTATION_AGE_SECONDS = 172800
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}", re.ASCII)
+NAME_PATTERN = _NAME  # an operator's name
 _AMOUNT = re.compile(r"(?:0|[1-9][0-9]*)", re.ASCII)
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)
 _B64URL = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)

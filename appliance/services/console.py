@@ -30,9 +30,10 @@ from sqlalchemy import delete, insert, select
 from appliance.domain import bundle_diff, policy_history, webauthn
 from appliance.domain.canonical import canonical_json
 from appliance.domain.jose import b64url_decode, b64url_encode
-from appliance.domain.messages import TYP_POLICY_PROPOSAL
+from appliance.domain.messages import TYP_KEY_INVITATION, TYP_POLICY_PROPOSAL
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, Operator, PolicyBundle
 from appliance.errors import ApplianceError, ConfigError, Conflict, Forbidden, InvalidInput, Unauthenticated
+from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
 from appliance.services.policy import PolicyService
@@ -257,14 +258,33 @@ class ConsoleService:
         return URLSafeTimedSerializer(self.secret, salt="appliance-console-invitation")
 
     def invite(self, admin: Operator, name: str) -> str:
-        """A link token with which officer `name` registers a security key (valid for a day); audited."""
+        """The link with which officer `name` registers a security key (valid for a day), on the console's
+        first origin; audited."""
         if POLICY_PROPOSER_ROLE not in admin.roles:
             raise Forbidden("only a security admin invites officers to register a key")
         if self.officer(name) is None:
             raise InvalidInput(f"{name!r} is not an enabled officer")
+        origin = self.relying_party().origins[0]
         self.audit.record_standalone(actor=admin.name, action="security-key.invited", subject=None,
                                      details={"operator": name}, policy_hash=None)
-        return str(self._serializer().dumps({"operator": name}))
+        return f"{origin}/console/enrol/{self._serializer().dumps({'operator': name})}"
+
+    def invite_signed(self, token: object) -> dict[str, Any]:
+        """An invitation asked for with a security admin's JWS (how the first keys are registered, before any
+        admin can sign in to the console): {"operator": name, "link": ...}."""
+        now = self.app.now()
+        who = auth.authenticate(token, self.bundle(), typ=TYP_KEY_INVITATION,
+                                roles=frozenset({POLICY_PROPOSER_ROLE}), now=now)
+        name = who.payload.get("operator")
+        if not isinstance(name, str):
+            raise InvalidInput("jws.payload.operator must name the officer to invite")
+        self.app.db.write(lambda conn: auth.consume_jti(conn, who, now), "console-invitation")
+        return {"operator": name, "link": self.invite(who.operator, name)}
+
+    def registrations(self) -> list[dict[str, Any]]:
+        """The keys waiting for enrolment, as JSON (what `appliance policy enrol` proposes)."""
+        return [{"id": e["id"], "operator": e["operator"], "credential": e["credential"].to_json(),
+                 "fingerprint": e["fingerprint"], "created_at": e["created_at"]} for e in self.enrolments()]
 
     def invited(self, token: str) -> str:
         try:

@@ -1,19 +1,21 @@
 """The console in a real browser: Debian's Chromium driven by Playwright, each officer with a virtual security key
 (Chrome DevTools Protocol `WebAuthn.addVirtualAuthenticator`, user verification on), against `appliance serve`.
 
-Two security admins hold keys from the start (enrolled at init: the test makes their key pairs and loads them
-into their virtual authenticators). They invite alice, bob and carol, who register keys of their own in their
-own browsers; erin proposes the enrolment, frank approves it; alice requests a mint, bob and carol approve it,
-and the authorization verifies with eth-account. Screenshots are written to $APPLIANCE_SCREENSHOTS (or the
-test's temporary directory): look at them.
+Nobody has a security key at first. The security admins bootstrap theirs from the command line: erin asks for
+invitation links (`appliance security-keys invite`), erin and frank register keys in their browsers, erin
+proposes the enrolment (`appliance policy enrol`), and frank and erin approve it (`appliance policy approve`),
+all with their software keys. From then on everything happens in the console: erin invites alice, bob and carol, who
+register keys in their own browsers; erin proposes the enrolment, frank and erin approve it with their keys;
+alice requests a mint, bob and carol approve it, and the authorization verifies with eth-account.
+Screenshots go to $APPLIANCE_SCREENSHOTS (or the test's temporary directory): look at them.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
+import subprocess
 import tomllib
 import urllib.request
 from collections.abc import Iterator
@@ -23,14 +25,11 @@ from typing import Any
 
 import pytest
 import tomli_w
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from tests.authenticator import SoftAuthenticator
 from tests.conftest import write_env
-from tests.served import free_port, serve
+from tests.served import APPLIANCE, free_port, serve
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and os.environ.get("CI") != "true",
@@ -54,16 +53,25 @@ class Browser:
         return str(self.page.locator("#status").inner_text())
 
 
-def _officer_key() -> tuple[SoftAuthenticator, str]:
-    """A key pair for a virtual authenticator: the credential for operators.toml and the PKCS#8 private key."""
-    key = SoftAuthenticator(key=ec.generate_private_key(ec.SECP256R1()))
-    pkcs8 = key.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
-    return key, base64.b64encode(pkcs8).decode()
+@dataclass
+class Served:
+    url: str
+    directory: Path
+
+    def cli(self, *args: str) -> str:
+        env = {**os.environ, "APPLIANCE_URL": self.url}
+        env.pop("SOFTHSM2_CONF", None)
+        result = subprocess.run([*APPLIANCE, *args], capture_output=True, text=True, env=env, timeout=120,
+                                check=False)
+        assert result.returncode == 0, f"appliance {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def as_officer(self, name: str) -> list[str]:
+        return ["--operator", name, "--key", str(self.directory / "operators" / f"{name}.pem")]
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, tuple[SoftAuthenticator, str]]]]:
+def served(tmp_path: Path) -> Iterator[Served]:
     from appliance import config
     from appliance.services import setup
     from tests.conftest import drop_token_state
@@ -72,18 +80,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, tuple[SoftAuthentica
     env = write_env(tmp_path / "env")
     policy = tomllib.loads((env.directory / "policy.toml").read_text())
     policy["webauthn"] = {"rp_id": "localhost", "origins": [f"http://localhost:{port}"]}
-    policy["mint"]["tiers"][0]["hardware_keys_only"] = True  # security keys only, as firmware-config/ demands
+    policy["mint"]["tiers"][0]["hardware_keys_only"] = True  # this mint counts security keys only
     (env.directory / "policy.toml").write_text(tomli_w.dumps(policy))
-    operators = tomllib.loads((env.directory / "operators.toml").read_text())
-    admins = {name: _officer_key() for name in ("erin", "frank")}
-    for op in operators["operators"]:
-        if op["name"] in admins:
-            op["webauthn"] = [admins[op["name"]][0].credential(f"{op['name']}'s key")]
-    (env.directory / "operators.toml").write_text(tomli_w.dumps(operators))
     setup.init(config.load(env.config))
     proc, _ = serve(env.config, tmp_path / "serve.log", port=port)
     try:
-        yield f"http://localhost:{port}", admins
+        yield Served(f"http://localhost:{port}", env.directory)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -102,7 +104,7 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def _open(chromium: Any, name: str, shots: Path, key: tuple[SoftAuthenticator, str] | None = None) -> Browser:
+def _open(chromium: Any, name: str, shots: Path) -> Browser:
     context = chromium.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
     cdp = context.new_cdp_session(page)
@@ -110,28 +112,47 @@ def _open(chromium: Any, name: str, shots: Path, key: tuple[SoftAuthenticator, s
     authenticator = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
         "protocol": "ctap2", "transport": "usb", "hasResidentKey": True, "hasUserVerification": True,
         "isUserVerified": True, "automaticPresenceSimulation": True}})["authenticatorId"]
-    if key is not None:
-        soft, pkcs8 = key
-        cdp.send("WebAuthn.addCredential", {"authenticatorId": authenticator, "credential": {
-            "credentialId": base64.b64encode(soft.credential_id).decode(), "isResidentCredential": False,
-            "rpId": "localhost", "privateKey": pkcs8, "signCount": 0}})
     return Browser(name, page, cdp, authenticator, shots)
 
 
 def _sign_in(b: Browser, url: str) -> None:
     b.page.goto(f"{url}/console/login")
     b.page.fill("#name", b.name)
-    b.page.click("text=Sign in with security key")
-    b.page.wait_for_url(f"{url}/console/**")
+    try:
+        with b.page.expect_navigation(timeout=20_000):
+            b.page.click("text=Sign in with security key")
+    except Exception as exc:
+        raise AssertionError(f"{b.name} could not sign in: {b.status()}") from exc
     assert b.page.locator("header .who span").inner_text().startswith(b.name), b.status()
 
 
-def test_officers_enrol_keys_and_approve_a_mint_in_the_browser(served: Any, chromium: Any, tmp_path: Path) -> None:
-    url, admins = served
+def _register(b: Browser, link: str) -> str:
+    """Open an invitation link, register the browser's security key; its fingerprint as the page shows it."""
+    b.page.goto(link)
+    b.page.fill("#label", f"{b.name}'s security key")
+    b.page.click("text=Register security key")
+    b.page.wait_for_selector("#fingerprint", timeout=20_000)
+    return str(b.page.locator("#fingerprint").inner_text())
+
+
+def test_officers_enrol_keys_and_approve_a_mint_in_the_browser(served: Served, chromium: Any,
+                                                               tmp_path: Path) -> None:
+    url = served.url
     shots = Path(os.environ.get("APPLIANCE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    erin = _open(chromium, "erin", shots, admins["erin"])
-    frank = _open(chromium, "frank", shots, admins["frank"])
+
+    # the admins' first keys, from the command line with their software keys
+    erin, frank = _open(chromium, "erin", shots), _open(chromium, "frank", shots)
+    for b in (erin, frank):
+        link = json.loads(served.cli("security-keys", "invite", b.name, *served.as_officer("erin"), "--json"))
+        fingerprint = _register(b, link["link"])
+        assert fingerprint in served.cli("security-keys", "pending")
+    proposed = json.loads(served.cli("policy", "enrol", *served.as_officer("erin"), "--json"))
+    shown = served.cli("policy", "approve", proposed["id"], *served.as_officer("frank"), "--yes")
+    assert "+ erin enrols security key" in shown and "+ frank enrols security key" in shown, shown
+    assert shown.strip().endswith(": proposed")  # the proposer votes too (two admins make the quorum)
+    assert served.cli("policy", "approve", proposed["id"], *served.as_officer("erin"), "--yes").strip().endswith(
+        ": active")
     _sign_in(erin, url)
     _sign_in(frank, url)
 
@@ -145,11 +166,7 @@ def test_officers_enrol_keys_and_approve_a_mint_in_the_browser(served: Any, chro
     officers = {name: _open(chromium, name, shots) for name in links}
     fingerprints = {}
     for name, b in officers.items():
-        b.page.goto(links[name])
-        b.page.fill("#label", f"{name}'s security key")
-        b.page.click("text=Register security key")
-        b.page.wait_for_selector("#fingerprint", timeout=20_000)
-        fingerprints[name] = b.page.locator("#fingerprint").inner_text()
+        fingerprints[name] = _register(b, links[name])
         if name == "alice":
             b.shot("1-register-key")
 

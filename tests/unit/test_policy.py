@@ -28,6 +28,8 @@ from appliance.domain.policy import (
     parse_operators,
     parse_policy,
     reserve_guard_reasons,
+    unreachable_governance,
+    unreachable_mint_tiers,
 )
 from appliance.errors import InvalidInput, PolicyViolation, Problem
 
@@ -973,6 +975,13 @@ def test_firmware_config_example_policy_and_operators_parse() -> None:
     small, big = policy.mint.tiers
     assert small.up_to == 1_000_000 * TOKEN and small.approvals == 2 and small.eligible_roles == {"treasury", "cfo"}
     assert big.up_to is None and big.approvals == 3 and dict(big.required) == {"cfo": 1}
+    # security keys: every tier above the smallest and the governance count only WebAuthn approvals
+    assert not small.hardware_keys_only and big.hardware_keys_only and policy.governance.hardware_keys_only
+    assert policy.webauthn is not None and policy.webauthn.origins == ("https://console.issuer.example",)
+    keyed = [op for op in operators if op.webauthn]
+    assert {op.name for op in keyed} >= {op.name for op in operators if op.roles & {"treasury", "cfo",
+                                                                                     "security-admin"}}
+    assert unreachable_governance(b) == [] and unreachable_mint_tiers(b) == []
 
     # the shell's checks hold too: EIP-55 addresses, valid operator keys of the operator algorithms
     for entry in policy.mint.allowlist:
