@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from appliance.commands import ID, url_option, warn_unpinned
-from appliance.domain import messages, policy_history
+from appliance.domain import messages, policy_history, present
 from appliance.domain.bundle_diff import readable
 from appliance.errors import VerificationFailed
 from appliance.operator import check_enrolled, check_proposal, load_key, sign_request
@@ -135,18 +135,13 @@ def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, 
 @url_option
 @click.pass_context
 def show(ctx: click.Context, as_json: bool) -> None:
-    """The active bundle, its hash, and pending proposals."""
+    """The active bundle in clear (limits, tiers, allowlist, governance, operators and their keys), its hash,
+    and the open proposals."""
     current = ctx.obj.client().policy()
     if as_json:
         click.echo(json.dumps(current, indent=2))
         return
-    active = current["active"]
-    click.echo(f"active bundle {active['hash']} (activation {active['activated_seq']})")
-    click.echo(f"changes need {current['governance']}")
-    for p in current["proposals"]:
-        votes = ", ".join(f"{v['operator']}:{v['decision']}" for v in p["approvals"]) or "no votes"
-        click.echo(f"proposal {p['id']} bundle {p['hash']} by {p['proposed_by']}: {votes}"
-                   + (f" (cannot be approved: {p['problem']})" if p.get("problem") else ""))
+    click.echo("\n".join(present.policy_lines(current)))
 
 
 @policy.command("history")

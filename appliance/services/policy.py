@@ -268,7 +268,9 @@ class PolicyService:
             proposals = [self._proposal_json(conn, r, active) for r in rows]
         return {"active": {"id": active.id, "hash": active.hash, "activated_seq": active.activated_seq,
                            "bundle": active.bundle.to_json()},
-                "governance": _governance_text(active.bundle), "proposals": proposals}
+                "governance": _governance_text(active.bundle), "proposals": proposals,
+                "token": {"symbol": self.app.settings.token_symbol, "name": self.app.settings.token_name,
+                          "decimals": self.app.settings.token_decimals}}
 
     def _proposal_json(self, conn: Connection, row: Any, active: ActiveBundle) -> dict[str, Any]:
         votes = conn.execute(select(policy_approvals.c.operator, policy_approvals.c.decision)

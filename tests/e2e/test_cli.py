@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -111,7 +112,8 @@ def test_a_mint_through_the_cli_verifies_with_eth_account(service: Service) -> N
                                  "--to", to, "--amount", "250000000000", "--json").stdout)
     assert req["status"] == "pending" and req["digest"].startswith("0x")
     shown = service.cli("mint", "approve", req["id"], "--operator", "bob", "--key", service.key("bob"), "--yes")
-    assert "250,000.000000 HKDS" in shown.stdout and req["digest"] in shown.stdout
+    assert "250,000 HKDS  (250,000,000,000 base units)" in shown.stdout and req["digest"] in shown.stdout
+    assert "1 of 2 approvals, still needs 1 more approval" in shown.stdout
     service.cli("mint", "approve", req["id"], "--operator", "carol", "--key", service.key("carol"), "--json")
     final = json.loads(service.cli("mint", "show", req["id"], "--json").stdout)
     assert final["status"] == "authorized"
@@ -343,6 +345,37 @@ def test_a_malformed_id_is_a_clear_usage_error_never_a_traceback(command: list[s
     assert out.exit_code == 2, out.output
     assert "is not an id" in out.output and "Traceback" not in out.output
     assert out.exception is None or isinstance(out.exception, SystemExit)
+
+
+def test_the_cli_speaks_tokens_utc_prefixes_and_progress(service: Service) -> None:
+    to = service.dev["allowlist"][1]
+    alice = ["--operator", "alice", "--key", service.key("alice")]
+    by_unit = json.loads(service.cli("mint", "request", *alice, "--to", to, "--amount", "1,234.5", "--unit", "tokens",
+                                     "--json").stdout)
+    assert by_unit["amount"] == "1234500000"
+    shown = service.cli("mint", "request", *alice, "--to", to, "--amount", "250000 HKDS").stdout
+    assert "amount    250,000 HKDS  (250,000,000,000 base units)" in shown
+    assert re.search(r"valid     \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC to \d{4}-", shown), shown
+    assert "progress  0 of 2 approvals, still needs 2 more approvals" in shown
+    too_precise = service.cli("mint", "request", *alice, "--to", to, "--amount", "1.0000001 HKDS", check=False)
+    assert too_precise.returncode != 0 and "decimal places" in too_precise.stderr
+
+    prefix = by_unit["id"][:8]
+    assert by_unit["id"] in service.cli("mint", "show", prefix).stdout
+    own = service.cli("mint", "approve", prefix, *alice, check=False)  # told before anything is asked
+    assert own.returncode != 0 and "the requester never approves their own" in own.stderr
+    assert "approve this mint" not in own.stdout
+    approved = service.cli("mint", "approve", prefix, "--operator", "bob", "--key", service.key("bob"), "--yes")
+    assert "status pending; 1 of 2 approvals, still needs 1 more approval" in approved.stdout
+    unknown = service.cli("mint", "show", "ffffffff", check=False)
+    assert unknown.returncode != 0 and "no mint request id starts with 'ffffffff'" in unknown.stderr
+
+    policy = service.cli("policy", "show").stdout
+    assert "per request    at most 10,000,000 HKDS" in policy
+    assert "tier 1         up to 1,000,000 HKDS: 2 approvals from treasury or cfo" in policy
+    assert "tier 2         above 1,000,000 HKDS: 3 approvals from treasury or cfo, including 1 cfo" in policy
+    assert re.search(r"  alice +treasury +software key", policy), policy
+    assert "security keys    relying party localhost" in policy
 
 
 def test_no_secret_reaches_the_service_log(service: Service) -> None:
