@@ -15,8 +15,11 @@ system-deps:
 	@missing=""; \
 	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
-	if [ -n "$(NEED_PROMTOOL)" ]; then command -v promtool >/dev/null || missing="$$missing prometheus"; fi; \
-	if [ -n "$(NEED_CHROMIUM)" ]; then command -v chromium >/dev/null || missing="$$missing chromium"; fi; \
+	if [ -n "$(NEED_TEST_TOOLS)" ]; then \
+	  command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v jq >/dev/null || missing="$$missing jq"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -46,8 +49,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check appliance tests bench
 	$(BIN)/mypy
 
-test: NEED_PROMTOOL=1
-test: NEED_CHROMIUM=1
+test: NEED_TEST_TOOLS=1
 test: system-deps $(VENV)/.installed lint
 	$(BIN)/pytest -q --durations=15
 

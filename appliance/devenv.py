@@ -166,6 +166,8 @@ def write_environment(directory: Path, token: str, softhsm_conf: Path, user_pin:
     for sub in ("reports", "data"):
         (directory / sub).mkdir(exist_ok=True)
     write_example_reports(directory / "reports", contract, custodian_key)
+    (directory / "reports" / "next-day").mkdir(exist_ok=True)  # the next report: a second, chained attestation
+    write_example_reports(directory / "reports" / "next-day", contract, custodian_key, as_of="2026-11-25T16:00:00Z")
     config = {
         "hsm": {"module": _softhsm_module(), "token_label": token, "pin_file": "hsm-pin",
                 "softhsm2_conf": str(softhsm_conf)},
