@@ -129,3 +129,35 @@ def test_a_body_with_neither_or_both_kinds_of_signature_is_a_clear_400(h: Harnes
         response = h.client.post("/v1/mint-requests", json=body)
         assert response.status_code == 400, (body, response.get_json())
         assert response.get_json()["type"].startswith("urn:appliance:problem:")
+
+
+def test_requests_rejections_and_cancellations_by_security_key(h: Harness) -> None:
+    enrol_security_keys(h, ["alice", "bob", "carol"], hardware_tiers=(0,))
+    to = h.allowlist[0]
+    created = h.client.post("/v1/mint-requests", json={"webauthn": h.assertion(
+        "alice", auth.TYP_MINT_REQUEST, {"chain_id": h.chain_id, "to": to, "amount": "5000000"})})
+    assert created.status_code == 201, created.get_json()
+    req = created.get_json()
+    vetoed = _approve_with_key(h, "bob", req, decision="reject")
+    assert vetoed.status_code == 201 and vetoed.get_json()["status"] == "rejected"
+    assert vetoed.get_json()["approvals"][0]["by"] == "security key"
+    other = h.request("alice", amount="7000000").get_json()
+    cancelled = h.client.post(f"/v1/mint-requests/{other['id']}/cancel", json={"webauthn": h.assertion(
+        "alice", auth.TYP_MINT_CANCEL, {"request_id": other["id"]})})
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+    # a request assertion replayed as a cancellation names another statement type: refused
+    replayed = h.client.post(f"/v1/mint-requests/{other['id']}/cancel", json={"webauthn": h.assertion(
+        "alice", auth.TYP_MINT_REQUEST, {"request_id": other["id"]})})
+    assert replayed.status_code == 401 and "typ" in replayed.get_json()["detail"]
+
+
+def test_a_policy_without_a_relying_party_accepts_no_security_key(h: Harness) -> None:
+    enrol_security_keys(h, ["bob"])
+    policy, operators = tables(h)
+    del policy["webauthn"]
+    from tests.integration.test_policy_changes import enact
+
+    enact(h, policy, operators)
+    req = h.request("alice").get_json()
+    refused = _approve_with_key(h, "bob", req)
+    assert refused.status_code == 401 and "no [webauthn] relying party" in refused.get_json()["detail"]
