@@ -116,6 +116,7 @@ def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, 
         raise click.ClickException("no such security key is waiting for enrolment: see `appliance security-keys "
                                    "pending`")
     bundle = copy.deepcopy(current["active"]["bundle"])
+    bundle["policy"]["version"] = int(bundle["policy"]["version"]) + 1  # every change is a new revision
     for entry in bundle["operators"]["operators"]:
         entry.setdefault("webauthn", []).extend(r["credential"] for r in chosen if r["operator"] == entry["name"])
         if not entry["webauthn"]:
@@ -128,6 +129,52 @@ def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, 
     result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, messages.TYP_POLICY_PROPOSAL, payload)})
     click.echo(json.dumps(result, indent=2) if as_json else
                f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
+
+
+@policy.command("unenrol")
+@click.argument("keys", nargs=-1, required=True)
+@click.option("--operator", required=True, help="you: a security admin")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (scripts)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (implies --yes)")
+@url_option
+@click.pass_context
+def unenrol(ctx: click.Context, keys: tuple[str, ...], operator: str, key: str, yes: bool, as_json: bool) -> None:
+    """Propose removing enrolled security keys (a lost or retired key), each named by its credential id or by a
+    unique prefix of its fingerprint as `policy show --json` and the console show it ("3c20 a97f")."""
+    client = ctx.obj.client()
+    signer = load_key(key)
+    current = client.policy()
+    check_enrolled(signer, operator, current)
+    bundle = copy.deepcopy(current["active"]["bundle"])
+    bundle["policy"]["version"] = int(bundle["policy"]["version"]) + 1  # every change is a new revision
+    enrolled = [(entry, c) for entry in bundle["operators"]["operators"] for c in entry.get("webauthn", [])]
+    doomed = []
+    for wanted in keys:
+        matches = [c["id"] for _, c in enrolled
+                   if c["id"] == wanted or _fingerprint(c).replace(" ", "").startswith(wanted.replace(" ", ""))]
+        if len(matches) != 1:
+            raise click.ClickException(f"{wanted!r} names {len(matches)} enrolled security keys, not one")
+        doomed += matches
+    for entry, _ in enrolled:
+        entry["webauthn"] = [c for c in entry.get("webauthn", []) if c["id"] not in doomed]
+        if not entry["webauthn"]:
+            del entry["webauthn"]
+    if not as_json:
+        click.echo("\n".join(readable(current["active"]["bundle"], bundle)))
+        if not yes:
+            click.confirm(f"propose removing {'this key' if len(doomed) == 1 else 'these keys'} as {operator}?",
+                          abort=True)
+    payload = {"policy": bundle["policy"], "operators": bundle["operators"], "base": current["active"]["hash"]}
+    result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, messages.TYP_POLICY_PROPOSAL, payload)})
+    click.echo(json.dumps(result, indent=2) if as_json else
+               f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
+
+
+def _fingerprint(credential: dict[str, Any]) -> str:
+    from appliance.domain.webauthn import Credential, fingerprint
+
+    return fingerprint(Credential(str(credential["id"]), str(credential["public_key"])))
 
 
 @policy.command("show")

@@ -280,6 +280,7 @@ def policy(officer: Operator) -> str:
         p["may_vote"] = (POLICY_PROPOSER_ROLE in officer.roles and p["problem"] is None
                          and all(a["operator"] != officer.name for a in p["approvals"]))
     return render_template("policy.html", me=officer, proposals=proposals, enrolments=console.enrolments(),
+                           enrolled=console.enrolled_keys(),
                            governance=services().policies.describe()["governance"],
                            admin=POLICY_PROPOSER_ROLE in officer.roles)
 
@@ -317,9 +318,20 @@ def enrolment_statement(officer: Operator) -> Response:
     return jsonify(services().console.enrolment_statement(officer, ids))
 
 
-@bp.post("/enrolments")
+@bp.post("/removals/statement")
 @signed_in(frozenset({POLICY_PROPOSER_ROLE}))
-def enrolment_propose(officer: Operator) -> Response:
+def removal_statement(officer: Operator) -> Response:
+    body = json_body()
+    ids = body.get("keys") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("keys must be a list of credential ids")
+    return jsonify(services().console.removal_statement(officer, ids))
+
+
+@bp.post("/proposals")
+@signed_in(frozenset({POLICY_PROPOSER_ROLE}))
+def propose(officer: Operator) -> Response:
+    """A policy proposal (an enrolment or a removal of keys) signed with the admin's security key."""
     services().policies.propose(services().console.envelope(json_body()))
     return jsonify({"redirect": url_for("console.policy")})
 

@@ -238,8 +238,33 @@ class ConsoleService:
             for e in chosen:
                 if e["operator"] == entry["name"]:
                     entry.setdefault("webauthn", []).append(e["credential"].to_json())
-        return self.statement(admin, TYP_POLICY_PROPOSAL, {"policy": active.bundle.policy.to_json(),
+        return self.statement(admin, TYP_POLICY_PROPOSAL, {"policy": _next_version(active.bundle),
                                                            "operators": operators, "base": active.hash})
+
+    def removal_statement(self, admin: Operator, credential_ids: list[str]) -> dict[str, Any]:
+        """The policy proposal that removes the enrolled security keys `credential_ids` (a lost or retired key),
+        for a security admin's security key to sign."""
+        if POLICY_PROPOSER_ROLE not in admin.roles:
+            raise Forbidden("only a security admin proposes removing a key")
+        active = self.policies.current().active
+        wanted = set(credential_ids)
+        found = {c.id for op in active.bundle.operators for c in op.webauthn} & wanted
+        if not wanted or found != wanted:
+            raise InvalidInput("choose enrolled security keys to remove")
+        operators = active.bundle.operators.to_json()
+        for entry in operators["operators"]:
+            kept = [c for c in entry.get("webauthn", []) if c["id"] not in wanted]
+            if kept:
+                entry["webauthn"] = kept
+            else:
+                entry.pop("webauthn", None)
+        return self.statement(admin, TYP_POLICY_PROPOSAL, {"policy": _next_version(active.bundle),
+                                                           "operators": operators, "base": active.hash})
+
+    def enrolled_keys(self) -> list[dict[str, Any]]:
+        """Every enrolled security key of the active bundle: officer, label, fingerprint, credential id."""
+        return [{"operator": op.name, "label": c.label, "fingerprint": webauthn.fingerprint(c), "id": c.id}
+                for op in self.bundle().operators for c in op.webauthn]
 
     def forget_enrolled(self) -> None:
         """Drop the registrations the active bundle now enrols."""
@@ -312,3 +337,10 @@ class ConsoleService:
             bundle = policy_history.proposed_bundle(vouched, active.bundle)
             out.append({**p, "changes": bundle_diff.readable(active.bundle.to_json(), bundle.to_json())})
         return out
+
+
+def _next_version(bundle: PolicyBundle) -> dict[str, Any]:
+    """The bundle's policy table with `version` one higher: every change is a new revision (and a bundle that
+    returns to an earlier state, a key removed again, is still a new bundle)."""
+    policy = bundle.policy.to_json()
+    return {**policy, "version": int(policy["version"]) + 1}

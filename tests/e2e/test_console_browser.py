@@ -221,3 +221,8 @@ def test_officers_enrol_keys_and_approve_a_mint_in_the_browser(served: Served, c
     with urllib.request.urlopen(f"{url}/v1/mint-requests/{request_id}") as r:  # noqa: S310
         view = json.load(r)
     assert view["quorum"]["counted"] == ["bob", "carol"] and view["amount"] == str(250_000 * 10**6)
+
+    # carol's key is lost: an admin proposes its removal from the command line, naming it by fingerprint
+    removal = served.cli("policy", "unenrol", fingerprints["carol"][:9], *served.as_officer("erin"), "--yes")
+    assert f'- carol loses security key "carol\'s security key" (fingerprint {fingerprints["carol"]})' in removal
+    assert "~ policy.version: 3 -> 4" in removal, removal  # two enrolments made versions 2 and 3

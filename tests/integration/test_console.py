@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from appliance.domain import webauthn
 from appliance.services import registry
 from tests.authenticator import SoftAuthenticator
 from tests.helpers import Harness, enrol_security_keys
@@ -53,8 +54,10 @@ class Officer:
 
     def sign_in(self) -> Any:
         self.page("/console/login")
-        statement = self.post("/console/login/options", {"name": self.name}).get_json()
-        response = self.post("/console/login", {**self.signed(statement), "next": "/console/keys"})
+        options = self.post("/console/login/options", {"name": self.name})
+        if options.status_code != 200:
+            return options
+        response = self.post("/console/login", {**self.signed(options.get_json()), "next": "/console/keys"})
         if response.status_code == 200:
             self.page(response.get_json()["redirect"])  # as the browser does: a page, and a new CSRF token
         return response
@@ -225,7 +228,7 @@ def test_enrolment_by_invitation_and_the_admins_quorum(keyed: Harness) -> None:
 
     policy_page = erin.page("/console/policy").get_data(as_text=True)
     assert fingerprint in policy_page
-    proposed = erin.act("/console/enrolments/statement", "/console/enrolments", {"ids": [done.get_json()["id"]]})
+    proposed = erin.act("/console/enrolments/statement", "/console/proposals", {"ids": [done.get_json()["id"]]})
     assert proposed.status_code == 200, proposed.get_json()
     shown = frank.page("/console/policy").get_data(as_text=True)
     assert f"+ grace enrols security key \"grace's key\" (fingerprint {fingerprint})" in html.unescape(shown)
@@ -239,6 +242,21 @@ def test_enrolment_by_invitation_and_the_admins_quorum(keyed: Harness) -> None:
     h.keys["grace"] = grace_key
     assert officer(h, "grace").sign_in().status_code == 200  # the enrolled key signs in
     assert registry.of(h.app_ctx).console.enrolments() == []
+
+    # the key is lost: removing it is the same flow
+    erin.page("/console/policy")
+    grace_id = webauthn.b64url_encode(grace_key.credential_id)
+    assert fingerprint in erin.page("/console/policy").get_data(as_text=True)
+    removal = erin.act("/console/removals/statement", "/console/proposals", {"keys": [grace_id]})
+    assert removal.status_code == 200, removal.get_json()
+    shown = html.unescape(frank.page("/console/policy").get_data(as_text=True))
+    assert f"- grace loses security key \"grace's key\" (fingerprint {fingerprint})" in shown
+    removal_id = registry.of(h.app_ctx).policies.describe()["proposals"][0]["id"]
+    for admin in (frank, erin):
+        admin.page("/console/policy")
+        admin.act(f"/console/policy/{removal_id}/statement", f"/console/policy/{removal_id}/decide",
+                  {"decision": "approve"})
+    assert officer(h, "grace").sign_in().status_code == 401
 
 
 def test_an_invitation_that_is_forged_or_for_nobody_is_refused(keyed: Harness) -> None:
