@@ -106,6 +106,11 @@ def plaintext_refusal(settings: Settings, host: str) -> str | None:
 
 
 DEFAULT_CONSOLE_IDLE_SECONDS = 900
+# Per client address: writes (any POST) at this rate on average, in bursts of up to 5 seconds' worth; and this many
+# failed authentications, refilled at one per AUTH_FAILURE_REFILL_SECONDS, before its writes are refused (429).
+DEFAULT_CLIENT_WRITES_PER_SECOND = 50.0
+DEFAULT_CLIENT_AUTH_FAILURES_BURST = 20
+AUTH_FAILURE_REFILL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ class Settings:
     tls: Tls | None = None
     allow_plaintext: bool = False
     reservation_takeover_seconds: int = DEFAULT_RESERVATION_TAKEOVER_SECONDS
+    client_writes_per_second: float = DEFAULT_CLIENT_WRITES_PER_SECOND
+    client_auth_failures_burst: int = DEFAULT_CLIENT_AUTH_FAILURES_BURST
     console: Console = field(default_factory=lambda: Console(True, Path("console.secret"),
                                                               DEFAULT_CONSOLE_IDLE_SECONDS))
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -240,7 +247,7 @@ _ALLOWED: dict[str, set[str] | None] = {
     "storage": {"url", "write_timeout_seconds"},
     "service": {"listen", "workers", "threads", "max_body_bytes", "max_attestation_body_bytes",
                 "metrics_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "allow_plaintext",
-                "reservation_takeover_seconds"},
+                "reservation_takeover_seconds", "client_writes_per_second", "client_auth_failures_burst"},
     "issuer": {"name", "token_symbol", "token_name", "token_decimals", "currency"},
     "eip712": {"name", "version"},
     "chains": None,
@@ -369,6 +376,10 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         allow_plaintext=bool(r.get("service.allow_plaintext", bool, False)),
         reservation_takeover_seconds=r.get("service.reservation_takeover_seconds", int,
                                            DEFAULT_RESERVATION_TAKEOVER_SECONDS, check=_positive),
+        client_writes_per_second=float(r.get("service.client_writes_per_second", float,
+                                             DEFAULT_CLIENT_WRITES_PER_SECOND, check=_positive) or 1),
+        client_auth_failures_burst=r.get("service.client_auth_failures_burst", int,
+                                         DEFAULT_CLIENT_AUTH_FAILURES_BURST, check=_positive),
         console=Console(bool(r.get("console.enabled", bool, True)),
                         r.path("console.secret_file", "console.secret") or file.parent / "console.secret",
                         r.get("console.idle_timeout_seconds", int, DEFAULT_CONSOLE_IDLE_SECONDS, check=_positive)),

@@ -117,6 +117,14 @@ class StorageUnavailable(InfrastructureError):
     title = "Storage unavailable"
 
 
+class RateLimited(ClientError):
+    """This client sent more writes, or more failed authentications, than its budget allows: retry later."""
+
+    slug = "rate-limited"
+    title = "Too many requests"
+    status = 429
+
+
 class Busy(InfrastructureError):
     """A bounded resource (such as the one large request body a process reads at a time) is in use: retry."""
 

@@ -40,6 +40,9 @@ for _history in ("policy", "audit", "attestation", "mint"):  # mint: a stored au
 AUDIT_SUPPRESSED = Counter("appliance_audit_suppressed_total",
                            "Refusals (bad signature, HSM or configuration fault) not written to the audit log because "
                            "more arrived than its rate limit allows; the next entry counts them.", ["action"])
+RATE_LIMITED = Counter("appliance_rate_limited_total",
+                       "Writes refused (429) because their client spent its budget of writes or of failed "
+                       "authentications.", ["budget"])
 AUTH_FAILURES = Counter("appliance_auth_failures_total", "Requests refused for a bad operator signature.",
                         ["reason"])
 HTTP_REQUESTS = Counter("appliance_http_requests_total", "HTTP requests by route, method and status.",

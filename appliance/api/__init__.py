@@ -9,6 +9,7 @@ from flask import Flask, Response, g, request
 
 from appliance import metrics
 from appliance.api import problems
+from appliance.api.limits import ClientLimits
 from appliance.services.context import Appliance
 
 
@@ -32,9 +33,14 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
 
         console.install(app)
 
+    limits = ClientLimits.of(app_ctx.settings)
+    app.extensions["client_limits"] = limits
+
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
+        if request.method == "POST":
+            limits.admit(request.remote_addr or "unknown", time.monotonic())
 
     @app.after_request
     def _observe(response: Response) -> Response:

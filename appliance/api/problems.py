@@ -18,6 +18,7 @@ from appliance.errors import (
     ApplianceError,
     ConfigError,
     HsmUnavailable,
+    RateLimited,
     StorageUnavailable,
     StoreInconsistent,
     Unauthenticated,
@@ -47,9 +48,15 @@ def register(app: Flask) -> None:
         if exc.problems:
             extra["errors"] = [{"location": p.location, "message": p.message} for p in exc.problems]
         slug = exc.slug
+        if isinstance(exc, Unauthenticated):
+            app.extensions["client_limits"].failed_authentication(request.remote_addr or "unknown",
+                                                                  time.monotonic())
         if isinstance(exc, (Unauthenticated, HsmUnavailable, ConfigError)):
             _audit_failure(app, exc)
-        return problem(status, slug, exc.title, exc.detail, **extra)
+        response = problem(status, slug, exc.title, exc.detail, **extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(sa_exc.SQLAlchemyError)
     def _store_error(exc: sa_exc.SQLAlchemyError) -> Response:

@@ -36,3 +36,18 @@ def test_never_more_than_burst_plus_rate_times_elapsed(times: list[float], burst
     allowed = sum(bucket.take(t) for t in times)
     elapsed = (times[-1] - times[0]) if times else 0.0
     assert allowed <= burst + rate * elapsed + 1e-6
+
+
+def test_per_client_buckets_are_separate_and_bounded() -> None:
+    from appliance.domain.rate import PerClient
+
+    limits = PerClient(burst=2, per_second=1, max_clients=3)
+    assert limits.take("a", 0) and limits.take("a", 0) and not limits.take("a", 0)
+    assert limits.exhausted("a", 0) and not limits.exhausted("b", 0)
+    assert limits.take("b", 0)  # another client is not affected
+    assert limits.take("a", 1.0) and not limits.take("a", 1.0)  # one per second refills
+    for client in ("c", "d", "e"):
+        limits.take(client, 2)
+    assert len(limits) == 3  # a flood of addresses costs bounded memory: the least recently seen go first
+    assert not limits.exhausted("a", 2)  # forgotten: starts again with a full bucket
+    assert TokenBucket(1, 1).peek(0)
