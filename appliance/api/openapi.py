@@ -13,12 +13,29 @@ def _op(summary: str, ok: str = "OK", ok_type: str = "application/json", errors:
     op: dict[str, Any] = {"summary": summary,
                           "responses": {"200": {"description": ok, "content": {ok_type: {}}},
                                         **{str(code): PROBLEM for code in errors}}}
-    if body:
+    if body:  # every write carries an operator's signature: a JWS or a security key's assertion
         op["requestBody"] = {"required": True, "description": body,
-                             "content": {"application/json": {"schema": {"type": "object"}}}}
+                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Signed"}}}}
+        op["responses"]["429"] = PROBLEM
     if params:
         op["parameters"] = params
     return op
+
+
+SIGNED = {
+    "description": "An operator's signature over the statement: a compact JWS by their enrolled key, or an enrolled "
+                   "security key's WebAuthn assertion whose challenge is SHA-256(JCS({typ, payload}))",
+    "oneOf": [
+        {"type": "object", "required": ["jws"], "additionalProperties": False,
+         "properties": {"jws": {"type": "string"}}},
+        {"type": "object", "required": ["webauthn"], "additionalProperties": False, "properties": {"webauthn": {
+            "type": "object", "additionalProperties": False,
+            "required": ["typ", "payload", "credential_id", "authenticator_data", "client_data_json", "signature"],
+            "properties": {"typ": {"type": "string"}, "payload": {"type": "object"},
+                           **{m: {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
+                              for m in ("credential_id", "authenticator_data", "client_data_json", "signature")}}}}},
+    ],
+}
 
 
 def _q(name: str, required: bool = True) -> dict[str, Any]:
@@ -34,6 +51,7 @@ def document() -> dict[str, Any]:
         "/healthz": {"get": _op("Process is up", errors=())},
         "/readyz": {"get": _op("HSM, keys and store usable; the store's histories not rolled back", errors=(503,))},
         "/metrics": {"get": _op("Prometheus metrics", ok_type="text/plain", errors=())},
+        "/openapi.json": {"get": _op("This document", errors=())},
         "/.well-known/jwks.json": {"get": _op("Public keys (kid = RFC 7638 thumbprint)",
                                                ok_type="application/jwk-set+json", errors=(503,))},
         "/v1/audit/checkpoint": {"get": _op("Latest signed checkpoint (C2SP signed note)", ok_type="text/plain",
@@ -78,12 +96,16 @@ def document() -> dict[str, Any]:
         "/v1/policy/proposals/{id}/approvals": {
             "post": _op("Approve a policy bundle", errors=(400, 401, 403, 404, 409, 415),
                         body="{\"jws\": compact JWS by a security admin}", params=[_p("id")])},
+        "/v1/security-keys/invitations": {
+            "post": _op("A registration link for an officer (a security admin's JWS naming them)",
+                        errors=(400, 401, 403, 409, 415), body="{\"jws\": compact JWS by a security admin}")},
+        "/v1/security-keys/registrations": {"get": _op("Security keys registered and waiting for enrolment")},
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Reserve-attestation signing appliance", "version": "1"},
         "paths": paths,
-        "components": {"schemas": {"Problem": {
+        "components": {"schemas": {"Signed": SIGNED, "Problem": {
             "type": "object",
             "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                            "detail": {"type": "string"}, "instance": {"type": "string"},

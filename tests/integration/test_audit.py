@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -616,3 +617,22 @@ def test_a_flood_of_forged_signatures_does_not_use_up_the_budget_of_hsm_errors(h
         assert h.approve("carol", req).status_code == 503
     entries = h.client.get(f"/v1/audit/entries?start={before}&end={log.head().size}").get_json()["entries"]
     assert "hsm.error" in [e["action"] for e in entries]
+
+
+def test_the_openapi_document_describes_every_route_of_the_api(h: Harness) -> None:
+    """Every route of the JSON API (the console is HTML for people, not the API) with each of its methods."""
+    document = h.client.get("/openapi.json").get_json()
+    paths = document["paths"]
+    for rule in h.flask.url_map.iter_rules():
+        if rule.endpoint.startswith(("console.", "static")):
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", lambda m: "{" + ("id" if m[1].endswith("_id") else m[1]) + "}",
+                      rule.rule)
+        assert path in paths, f"{rule.rule} is not in /openapi.json"
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = paths[path].get(method.lower())
+            assert operation is not None, f"{method} {rule.rule} is not in /openapi.json"
+            if method == "POST":
+                assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/Signed"}
+                assert "429" in operation["responses"]
