@@ -48,11 +48,7 @@ def register(app: Flask) -> None:
         if exc.problems:
             extra["errors"] = [{"location": p.location, "message": p.message} for p in exc.problems]
         slug = exc.slug
-        if isinstance(exc, Unauthenticated):
-            app.extensions["client_limits"].failed_authentication(request.remote_addr or "unknown",
-                                                                  time.monotonic())
-        if isinstance(exc, (Unauthenticated, HsmUnavailable, ConfigError)):
-            _audit_failure(app, exc)
+        note_refusal(app, exc)
         response = problem(status, slug, exc.title, exc.detail, **extra)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = "5"
@@ -94,6 +90,15 @@ def register(app: Flask) -> None:
 # the rest are counted (appliance_audit_suppressed_total) and the next entry says how many it stands for. Without
 # a key, nobody can grow the log faster than this, nor choose more than the route and 200 characters of the reason.
 FAILURE_AUDIT_BURST, FAILURE_AUDIT_PER_SECOND = 20, 1.0
+
+
+def note_refusal(app: Flask, exc: ApplianceError) -> None:
+    """What every refusal of a request costs, whichever page or endpoint refused it: a failed authentication
+    spends one of its client's budget; it, an HSM fault and a configuration fault are audited (rate-limited)."""
+    if isinstance(exc, Unauthenticated):
+        app.extensions["client_limits"].failed_authentication(request.remote_addr or "unknown", time.monotonic())
+    if isinstance(exc, (Unauthenticated, HsmUnavailable, ConfigError)):
+        _audit_failure(app, exc)
 
 
 def _audit_failure(app: Flask, exc: ApplianceError) -> None:

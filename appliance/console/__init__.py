@@ -18,6 +18,7 @@ from flask import (
     Blueprint,
     Flask,
     Response,
+    current_app,
     jsonify,
     redirect,
     render_template,
@@ -27,7 +28,7 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from appliance.api.problems import problem
+from appliance.api.problems import note_refusal, problem
 from appliance.api.util import json_body, services
 from appliance.domain import amounts, present, webauthn
 from appliance.domain.messages import TYP_MINT_APPROVAL, TYP_MINT_REQUEST, TYP_POLICY_APPROVAL
@@ -118,7 +119,9 @@ def signed_in(roles: frozenset[str] | None = None) -> Callable[[_F], _F]:
 
 @bp.errorhandler(ApplianceError)
 def _refused(exc: ApplianceError) -> Any:
-    """A refusal, in the problem's own words: JSON for the page's script, a page otherwise."""
+    """A refusal, in the problem's own words: JSON for the page's script, a page otherwise (counted and audited
+    as the API's are)."""
+    note_refusal(current_app, exc)
     if request.is_json or request.method == "POST":
         extra = {"errors": [{"location": p.location, "message": p.message} for p in exc.problems]}
         return problem(exc.status, exc.slug, exc.title, exc.detail, **extra)

@@ -162,26 +162,25 @@ def consume_jti(conn: Connection, auth: Authenticated, now: int) -> None:
         metrics.AUTH_FAILURES.labels("replay").inc()
         raise Conflict("this JWS was already used (replayed jti)") from exc
     if auth.credential_id is not None:
-        _advance_sign_count(conn, auth, now)
+        advance_sign_count(conn, auth.operator.name, auth.credential_id, auth.sign_count, now)
 
 
-def _advance_sign_count(conn: Connection, auth: Authenticated, now: int) -> None:
+def advance_sign_count(conn: Connection, operator: str, credential_id: str, sign_count: int, now: int) -> None:
     """Record a security key's sign count in the caller's transaction; one that does not increase (while either
     is non-zero: keys that keep no counter report 0) raises SignCountRegressed."""
-    assert auth.credential_id is not None  # noqa: S101 - only called for assertions
     table = webauthn_sign_counts
-    stored = conn.execute(select(table.c.sign_count).where(table.c.credential_id == auth.credential_id)
+    stored = conn.execute(select(table.c.sign_count).where(table.c.credential_id == credential_id)
                           .with_for_update()).scalar()
-    if stored is not None and (stored or auth.sign_count) and auth.sign_count <= stored:
+    if stored is not None and (stored or sign_count) and sign_count <= stored:
         metrics.AUTH_FAILURES.labels("sign-count").inc()
-        raise SignCountRegressed(f"the security key of {auth.operator.name} reported sign count {auth.sign_count}, "
-                                 f"not above {stored}: the key may have been cloned; the assertion is refused")
+        raise SignCountRegressed(f"the security key of {operator} reported sign count {sign_count}, not above "
+                                 f"{stored}: the key may have been cloned; the assertion is refused")
     if stored is None:
-        conn.execute(insert(table).values(credential_id=auth.credential_id, operator=auth.operator.name,
-                                          sign_count=auth.sign_count, updated_at=now))
+        conn.execute(insert(table).values(credential_id=credential_id, operator=operator, sign_count=sign_count,
+                                          updated_at=now))
     else:
-        conn.execute(update(table).where(table.c.credential_id == auth.credential_id)
-                     .values(sign_count=auth.sign_count, updated_at=now))
+        conn.execute(update(table).where(table.c.credential_id == credential_id)
+                     .values(sign_count=sign_count, updated_at=now))
 
 
 def _reason_label(detail: str) -> str:

@@ -37,7 +37,7 @@ from appliance.services import auth
 from appliance.services.audit import AuditLog
 from appliance.services.context import Appliance
 from appliance.services.policy import PolicyService
-from appliance.store.tables import webauthn_enrolments, webauthn_sign_counts
+from appliance.store.tables import webauthn_enrolments
 
 STATEMENT_TIMEOUT_MS = 120_000  # how long the browser waits for the officer to touch the key
 INVITATION_SECONDS = 86_400
@@ -134,7 +134,8 @@ class ConsoleService:
 
     def login(self, expected: object, body: object) -> Operator:
         """The officer whose security key signed exactly the sign-in statement `expected` (kept in the session
-        when it was issued), not older than the statement timeout. Audited."""
+        when it was issued), not older than the statement timeout. The key's sign count advances as for any
+        assertion (SignCountRegressed when it does not); audited."""
         envelope = webauthn.parse(self.envelope(body))
         if not isinstance(expected, dict) or envelope.typ != webauthn.TYP_LOGIN or envelope.payload != expected:
             raise Unauthenticated("this sign-in was not asked for here: start again")
@@ -145,17 +146,20 @@ class ConsoleService:
         if enrolled is None or enrolled[0].name != expected.get("operator") or not enrolled[0].enabled:
             raise Unauthenticated("that security key is not enrolled for this officer")
         operator, credential = enrolled
-        webauthn.verify(envelope, credential, self.relying_party(bundle),
-                        current_sign_count=max(credential.sign_count, self._last_sign_count(credential.id)))
-        self.audit.record_standalone(actor=operator.name, action="console.signed-in", subject=None,
-                                     details={"credential": credential.id[:16]}, policy_hash=None)
-        return operator
+        try:
+            count = webauthn.verify(envelope, credential, self.relying_party(bundle),
+                                    current_sign_count=credential.sign_count)
+        except ApplianceError as exc:
+            raise Unauthenticated(f"the security key of {operator.name} does not verify: {exc.detail}") from exc
+        now = self.app.now()
 
-    def _last_sign_count(self, credential_id: str) -> int:
-        with self.app.db.read() as conn:
-            stored = conn.execute(select(webauthn_sign_counts.c.sign_count)
-                                  .where(webauthn_sign_counts.c.credential_id == credential_id)).scalar()
-        return int(stored or 0)
+        def record(conn: Any) -> None:  # the audit head's lock first, as in every transaction that appends
+            self.audit.record(conn, actor=operator.name, action="console.signed-in", subject=None,
+                              details={"credential": credential.id[:16]}, policy_hash=None)
+            auth.advance_sign_count(conn, operator.name, credential.id, count, now)
+
+        self.app.db.write(record, "console-login")
+        return operator
 
     # -- registering a security key ----------------------------------------------------------------------------
 

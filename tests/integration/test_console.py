@@ -267,3 +267,16 @@ def test_an_invitation_that_is_forged_or_for_nobody_is_refused(keyed: Harness) -
     stranger.page("/console/login")
     assert stranger.post("/console/keys/options", {}).status_code == 403
     assert stranger.post("/console/keys/options", {"invitation": "x.y.z"}).status_code == 401
+
+
+def test_signing_in_advances_the_sign_count_and_a_cloned_key_is_refused(keyed: Harness) -> None:
+    bob = officer(keyed, "bob")
+    assert bob.sign_in().status_code == 200
+    bob.page("/console/login")
+    statement = bob.post("/console/login/options", {"name": "bob"}).get_json()
+    cloned = bob.signed(statement, sign_count=bob.key.sign_count)  # the count the last sign-in already used
+    refused = bob.post("/console/login", cloned)
+    assert refused.status_code == 401 and "cloned" in refused.get_json()["detail"]
+    entries = keyed.client.get("/v1/audit/entries?start=0").get_json()["entries"]
+    assert [e["action"] for e in entries].count("console.signed-in") == 1
+    assert "auth.sign-count-regressed" in [e["action"] for e in entries]
