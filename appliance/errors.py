@@ -125,6 +125,14 @@ class RateLimited(ClientError):
     status = 429
 
 
+class RequestTimeout(ClientError):
+    """The client sent its request body too slowly: it is dropped unread and nothing was done."""
+
+    slug = "request-timeout"
+    title = "Request body too slow"
+    status = 408
+
+
 class Busy(InfrastructureError):
     """A bounded resource (such as the one large request body a process reads at a time) is in use: retry."""
 

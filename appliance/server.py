@@ -36,7 +36,21 @@ def build_wsgi(config_path: str) -> Any:
     keys.check(app_ctx)  # refuse to run with an extractable, non-sensitive or multi-use key
     lifecycle.on_start(app_ctx)
     _start_background(app_ctx)
-    return create_app(app_ctx)
+    return closing_on_request(create_app(app_ctx))
+
+
+def closing_on_request(app: Any) -> Any:
+    """The WSGI app, with `environ["appliance.close_connection"]`: a callable that makes gunicorn close this
+    connection after the response (the response object is what its start_response belongs to). Gunicorn drops a
+    `Connection` header set by the application, so this is how a response says "no keep-alive"."""
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+        close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+        if close is not None:
+            environ["appliance.close_connection"] = close
+        return app(environ, start_response)
+
+    return wsgi
 
 
 def drain_on_stop(hsm: Any) -> None:

@@ -40,7 +40,16 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
     def _start() -> None:
         g.started = time.perf_counter()
         if request.method == "POST":
-            limits.admit(request.remote_addr or "unknown", time.monotonic())
+            client = request.remote_addr or "unknown"
+            limits.admit(client, time.monotonic())
+            limits.enter(client)
+            g.in_flight = client
+
+    @app.teardown_request
+    def _finish(_exc: BaseException | None) -> None:
+        client = g.pop("in_flight", None)
+        if client is not None:
+            limits.leave(client)
 
     @app.after_request
     def _observe(response: Response) -> Response:
@@ -48,6 +57,12 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
         method = request.method if request.method in _METHODS else "other"  # labels stay bounded
         metrics.HTTP_REQUESTS.labels(route, method, str(response.status_code)).inc()
         metrics.HTTP_LATENCY.labels(route, method).observe(time.perf_counter() - g.get("started", 0.0))
+        if request.method == "POST" and not g.get("body_read"):
+            # refused before its body was read (or while it trickled in): what is left of the body must not be
+            # read as the next request on this connection, which would hold a thread for as long as it trickles
+            close = request.environ.get("appliance.close_connection")  # the server's (server.closing_on_request)
+            if close is not None:
+                close()
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response

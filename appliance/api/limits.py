@@ -5,7 +5,8 @@ every client has the proxy's address: size the budgets for it, or rate-limit at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from appliance import metrics
 from appliance.config import AUTH_FAILURE_REFILL_SECONDS, Settings
@@ -13,12 +14,15 @@ from appliance.domain.rate import PerClient
 from appliance.errors import RateLimited
 
 WRITE_BURST_SECONDS = 5  # a client may send this many seconds' worth of writes at once
+IN_FLIGHT_PER_CLIENT = 4  # writes one client may have in progress at once in one process (their bodies being read)
 
 
 @dataclass
 class ClientLimits:
     writes: PerClient
     auth_failures: PerClient
+    in_flight: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @staticmethod
     def of(settings: Settings) -> ClientLimits:
@@ -36,6 +40,23 @@ class ClientLimits:
         if not self.writes.take(client, now):
             metrics.RATE_LIMITED.labels("writes").inc()
             raise RateLimited(f"too many writes from {client}: slow down")
+
+    def enter(self, client: str) -> None:
+        """One more write of `client` in progress (RateLimited when it already has IN_FLIGHT_PER_CLIENT): a client
+        trickling bodies holds at most that many of the process's threads. Pair with leave()."""
+        with self.lock:
+            if self.in_flight.get(client, 0) >= IN_FLIGHT_PER_CLIENT:
+                metrics.RATE_LIMITED.labels("in-flight").inc()
+                raise RateLimited(f"{client} has {IN_FLIGHT_PER_CLIENT} writes in progress already: wait for them")
+            self.in_flight[client] = self.in_flight.get(client, 0) + 1
+
+    def leave(self, client: str) -> None:
+        with self.lock:
+            left = self.in_flight.get(client, 0) - 1
+            if left > 0:
+                self.in_flight[client] = left
+            else:
+                self.in_flight.pop(client, None)
 
     def failed_authentication(self, client: str, now: float) -> None:
         self.auth_failures.take(client, now)

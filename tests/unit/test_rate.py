@@ -51,3 +51,21 @@ def test_per_client_buckets_are_separate_and_bounded() -> None:
     assert len(limits) == 3  # a flood of addresses costs bounded memory: the least recently seen go first
     assert not limits.exhausted("a", 2)  # forgotten: starts again with a full bucket
     assert TokenBucket(1, 1).peek(0)
+
+
+def test_a_client_has_a_bounded_number_of_writes_in_progress() -> None:
+    from appliance.api.limits import IN_FLIGHT_PER_CLIENT, ClientLimits
+    from appliance.domain.rate import PerClient
+    from appliance.errors import RateLimited
+
+    limits = ClientLimits(PerClient(10, 1), PerClient(10, 1))
+    for _ in range(IN_FLIGHT_PER_CLIENT):
+        limits.enter("a")
+    with pytest.raises(RateLimited, match="in progress"):
+        limits.enter("a")
+    limits.enter("b")  # another client is not affected
+    limits.leave("a")
+    limits.enter("a")
+    for _ in range(IN_FLIGHT_PER_CLIENT):
+        limits.leave("a")
+    assert "a" not in limits.in_flight
