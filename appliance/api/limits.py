@@ -14,13 +14,13 @@ from appliance.domain.rate import PerClient
 from appliance.errors import RateLimited
 
 WRITE_BURST_SECONDS = 5  # a client may send this many seconds' worth of writes at once
-IN_FLIGHT_PER_CLIENT = 4  # writes one client may have in progress at once in one process (their bodies being read)
 
 
 @dataclass
 class ClientLimits:
     writes: PerClient
     auth_failures: PerClient
+    in_progress: int = 4  # writes one client may have in progress at once in one process
     in_flight: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -28,7 +28,8 @@ class ClientLimits:
     def of(settings: Settings) -> ClientLimits:
         rate = settings.client_writes_per_second
         return ClientLimits(PerClient(max(1.0, rate * WRITE_BURST_SECONDS), rate),
-                            PerClient(settings.client_auth_failures_burst, 1 / AUTH_FAILURE_REFILL_SECONDS))
+                            PerClient(settings.client_auth_failures_burst, 1 / AUTH_FAILURE_REFILL_SECONDS),
+                            settings.client_writes_in_progress)
 
     def admit(self, client: str, now: float) -> None:
         """Refuse a write from `client` at `now` (RateLimited) when it spent its failed authentications or its
@@ -42,12 +43,12 @@ class ClientLimits:
             raise RateLimited(f"too many writes from {client}: slow down")
 
     def enter(self, client: str) -> None:
-        """One more write of `client` in progress (RateLimited when it already has IN_FLIGHT_PER_CLIENT): a client
+        """One more write of `client` in progress (RateLimited when it already has `in_progress`): a client
         trickling bodies holds at most that many of the process's threads. Pair with leave()."""
         with self.lock:
-            if self.in_flight.get(client, 0) >= IN_FLIGHT_PER_CLIENT:
+            if self.in_flight.get(client, 0) >= self.in_progress:
                 metrics.RATE_LIMITED.labels("in-flight").inc()
-                raise RateLimited(f"{client} has {IN_FLIGHT_PER_CLIENT} writes in progress already: wait for them")
+                raise RateLimited(f"{client} has {self.in_progress} writes in progress already: wait for them")
             self.in_flight[client] = self.in_flight.get(client, 0) + 1
 
     def leave(self, client: str) -> None:

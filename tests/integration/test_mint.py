@@ -409,12 +409,13 @@ def exactly_once(h: Harness) -> None:
     statuses: list[int] = []
     barrier = threading.Barrier(8)
 
-    def submit(token: str) -> None:
+    def submit(i: int, token: str) -> None:
         client = h.flask.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.2.0.{i}"  # each officer at their own workstation
         barrier.wait()
         statuses.append(client.post(f"/v1/mint-requests/{req['id']}/approvals", json={"jws": token}).status_code)
 
-    threads = [threading.Thread(target=submit, args=(t,)) for t in tokens]
+    threads = [threading.Thread(target=submit, args=(i, t)) for i, t in enumerate(tokens)]
     for t in threads:
         t.start()
     for t in threads:

@@ -54,18 +54,18 @@ def test_per_client_buckets_are_separate_and_bounded() -> None:
 
 
 def test_a_client_has_a_bounded_number_of_writes_in_progress() -> None:
-    from appliance.api.limits import IN_FLIGHT_PER_CLIENT, ClientLimits
+    from appliance.api.limits import ClientLimits
     from appliance.domain.rate import PerClient
     from appliance.errors import RateLimited
 
-    limits = ClientLimits(PerClient(10, 1), PerClient(10, 1))
-    for _ in range(IN_FLIGHT_PER_CLIENT):
+    limits = ClientLimits(PerClient(10, 1), PerClient(10, 1), in_progress=4)
+    for _ in range(4):
         limits.enter("a")
     with pytest.raises(RateLimited, match="in progress"):
         limits.enter("a")
     limits.enter("b")  # another client is not affected
     limits.leave("a")
     limits.enter("a")
-    for _ in range(IN_FLIGHT_PER_CLIENT):
+    for _ in range(4):
         limits.leave("a")
     assert "a" not in limits.in_flight
