@@ -16,13 +16,14 @@ def init(settings: Settings) -> dict[str, Any]:
     bundle = load_bundle_files(settings.policy_file, settings.operators_file)  # validate before touching anything
     app = context.build(settings)
     try:
-        schema.upgrade(app.db)
-        statuses = keys.ensure_keys(app)
-        log = AuditLog(app)
-        log.ensure_head()
-        policies = PolicyService(app)
-        digest, pinned = policies.pin_initial(bundle)
-        anchor = policies.pin_anchor()
+        with schema.init_lock(app.db):  # instances starting together: one migrates and pins, the others find it
+            schema.upgrade(app.db)
+            statuses = keys.ensure_keys(app)
+            log = AuditLog(app)
+            log.ensure_head()
+            policies = PolicyService(app)
+            digest, pinned = policies.pin_initial(bundle)
+            anchor = policies.pin_anchor()
         created = [s.label for s in statuses if s.created]
         if created:
             log.record_standalone(actor="init", action="keys.created", subject=None,
