@@ -121,14 +121,7 @@ def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, 
         entry.setdefault("webauthn", []).extend(r["credential"] for r in chosen if r["operator"] == entry["name"])
         if not entry["webauthn"]:
             del entry["webauthn"]
-    if not as_json:
-        click.echo("\n".join(readable(current["active"]["bundle"], bundle)))
-        if not yes:
-            click.confirm(f"propose this enrolment as {operator}?", abort=True)
-    payload = {"policy": bundle["policy"], "operators": bundle["operators"], "base": current["active"]["hash"]}
-    result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, messages.TYP_POLICY_PROPOSAL, payload)})
-    click.echo(json.dumps(result, indent=2) if as_json else
-               f"proposal {result['id']} (bundle {result['hash']}) needs {result['governance']}")
+    _propose_changed(client, signer, current, bundle, f"propose this enrolment as {operator}?", yes, as_json)
 
 
 @policy.command("unenrol")
@@ -160,11 +153,18 @@ def unenrol(ctx: click.Context, keys: tuple[str, ...], operator: str, key: str, 
         entry["webauthn"] = [c for c in entry.get("webauthn", []) if c["id"] not in doomed]
         if not entry["webauthn"]:
             del entry["webauthn"]
+    question = f"propose removing {'this key' if len(doomed) == 1 else 'these keys'} as {operator}?"
+    _propose_changed(client, signer, current, bundle, question, yes, as_json)
+
+
+def _propose_changed(client: Any, signer: Any, current: dict[str, Any], bundle: dict[str, Any], question: str,
+                     yes: bool, as_json: bool) -> None:
+    """Show what `bundle` changes against the active one, ask `question` (unless --yes or --json), then sign and
+    send it as a proposal on the active bundle."""
     if not as_json:
         click.echo("\n".join(readable(current["active"]["bundle"], bundle)))
         if not yes:
-            click.confirm(f"propose removing {'this key' if len(doomed) == 1 else 'these keys'} as {operator}?",
-                          abort=True)
+            click.confirm(question, abort=True)
     payload = {"policy": bundle["policy"], "operators": bundle["operators"], "base": current["active"]["hash"]}
     result = client.post("/v1/policy/proposals", {"jws": sign_request(signer, messages.TYP_POLICY_PROPOSAL, payload)})
     click.echo(json.dumps(result, indent=2) if as_json else
