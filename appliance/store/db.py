@@ -25,6 +25,9 @@ The durability contract of `Database.write(fn)`:
 - **Write-behind buffers.** Repositories may collect rows during the transaction (`add_buffer`) and write them
   in one statement just before the commit; reads through the same connection flush them first (audit_repo).
   They change the number of statements, never what commits together.
+- **A deterministic seam.** `write_batch(fns)` runs exactly the batch write() forms from waiting callers, in the
+  given order and without threads, and returns each caller's outcome; the cases above are tested through it
+  one by one (tests/integration/test_store.py), and once more with real concurrent callers.
 """
 
 from __future__ import annotations
@@ -180,6 +183,37 @@ class Database:
                     for p in batch:
                         p.done = True
                     self._cv.notify_all()
+
+    def write_batch(self, fns: list[Callable[[Connection], Any]], operation: str = "write",
+                    attempts: int = 5) -> list[object]:
+        """Run fns as one group commit, in this order, and return each one's outcome: its result, or the
+        exception its own caller of write() would have received.
+
+        This is the group commit's seam, exactly the batch write() forms when callers are waiting: it waits
+        for the leader's seat like any caller, then runs the batch itself (no threads, no timing), so its
+        semantics can be tested case by case. A caller the batch could not serve in its time fails with
+        StorageUnavailable, as write() would after its own timeout."""
+        deadline = time.monotonic() + self.timeout
+        batch = [_Pending(fn, operation, deadline) for fn in fns]
+        with self._cv:
+            while self._leading:
+                if not self._cv.wait(deadline - time.monotonic()):
+                    raise StorageUnavailable(f"storage {operation} failed: timed out waiting for the store")
+            self._leading = True
+        try:
+            self._run(batch, attempts)
+        finally:
+            with self._cv:
+                self._leading = False
+                self._cv.notify_all()
+        outcomes: list[object] = []
+        for p in batch:
+            if p.retry:
+                self._failed(p.operation)
+                outcomes.append(StorageUnavailable(f"storage {operation} failed: timed out waiting for the store"))
+            else:
+                outcomes.append(p.error if p.error is not None else p.result)
+        return outcomes
 
     def _run(self, batch: list[_Pending[Any]], attempts: int) -> None:
         """Execute a batch in one transaction; every item ends with a result or an exception."""

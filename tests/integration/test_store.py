@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, select, text
 
 from appliance.domain import merkle
 from appliance.domain.canonical import canonical_json
-from appliance.errors import StorageUnavailable
+from appliance.errors import Conflict, StorageUnavailable
 from appliance.store import audit_repo, schema
 from appliance.store.db import Database
 from appliance.store.tables import audit_entries, seen_tokens
@@ -201,46 +202,19 @@ def _entries_and_head(store: Database) -> tuple[list[str], audit_repo.TreeHead]:
         return rows, audit_repo.head(conn)
 
 
-def test_a_failing_caller_in_a_group_commit_loses_only_its_own_entries(store: Database) -> None:
-    """Appends are buffered and written once per group commit; a caller whose fn fails takes back only its own."""
-    gate, inside = threading.Event(), threading.Event()
+def _appending_twice(n: int) -> Any:
+    def run(conn: object) -> int:
+        head = audit_repo.lock_head(conn)  # type: ignore[arg-type]
+        for k in range(2):
+            audit_repo.append(conn, "test", canonical_json({"index": head.size + k, "n": n}), 0,  # type: ignore[arg-type]
+                              audit_repo.lock_head(conn))  # type: ignore[arg-type]
+        if n % 3 == 0:
+            raise ValueError(f"caller {n} refused after appending")
+        return head.size
+    return run
 
-    def blocker(conn: object) -> None:
-        inside.set()
-        gate.wait(1.5)
 
-    def caller(n: int) -> object:
-        def run(conn: object) -> int:
-            head = audit_repo.lock_head(conn)  # type: ignore[arg-type]
-            for k in range(2):
-                audit_repo.append(conn, "test", canonical_json({"index": head.size + k, "n": n}), 0,  # type: ignore[arg-type]
-                                  audit_repo.lock_head(conn))  # type: ignore[arg-type]
-            if n % 3 == 0:
-                raise ValueError(f"caller {n} refused after appending")
-            return head.size
-        return run
-
-    outcomes: dict[int, object] = {}
-
-    def worker(n: int) -> None:
-        try:
-            outcomes[n] = store.write(caller(n))  # type: ignore[arg-type]
-        except ValueError as exc:
-            outcomes[n] = exc
-
-    first = threading.Thread(target=lambda: store.write(blocker))  # type: ignore[arg-type]
-    first.start()
-    assert inside.wait(5)
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 5
-    while len(store._queue) < 12 and time.monotonic() < deadline:  # noqa: SLF001 - all 12 wait for one batch
-        time.sleep(0.005)
-    gate.set()
-    for t in [first, *threads]:
-        t.join()
-
+def _check_twelve(store: Database, outcomes: list[object]) -> None:
     refused = [n for n in range(12) if isinstance(outcomes[n], ValueError)]
     assert refused == [0, 3, 6, 9]
     entries, head = _entries_and_head(store)
@@ -249,6 +223,29 @@ def test_a_failing_caller_in_a_group_commit_loses_only_its_own_entries(store: Da
     assert sorted(outcomes[n] for n in range(12) if n not in refused) == list(range(0, 16, 2))  # type: ignore[type-var]
     assert {f'"n":{n}' in "".join(entries) for n in refused} == {False}
     assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
+
+
+def test_a_failing_caller_in_a_group_commit_loses_only_its_own_entries(store: Database) -> None:
+    """Appends are buffered and written once per group commit; a caller whose fn fails takes back only its own."""
+    _check_twelve(store, store.write_batch([_appending_twice(n) for n in range(12)]))
+
+
+def test_concurrent_writers_however_they_are_batched_lose_only_their_own_entries(store: Database) -> None:
+    """The same twelve callers on threads: however write() happens to group them, the outcome is the same."""
+    outcomes: dict[int, object] = {}
+
+    def worker(n: int) -> None:
+        try:
+            outcomes[n] = store.write(_appending_twice(n))
+        except ValueError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _check_twelve(store, [outcomes[n] for n in range(12)])
 
 
 def json_index(entry: str) -> int:
@@ -304,36 +301,6 @@ def test_a_read_only_store_fails_the_readiness_probe(tmp_path: Path) -> None:
         readonly.dispose()
 
 
-def _batch_of(store: Database, fns: list[Any]) -> list[object]:
-    """Run fns as one group commit (a blocker holds the leader's seat until all of them are queued)."""
-    gate, inside = threading.Event(), threading.Event()
-    outcomes: dict[int, object] = {}
-
-    def blocker(conn: object) -> None:
-        inside.set()
-        gate.wait(1.5)
-
-    def worker(i: int) -> None:
-        try:
-            outcomes[i] = store.write(fns[i])
-        except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
-            outcomes[i] = exc
-
-    first = threading.Thread(target=lambda: store.write(blocker))  # type: ignore[arg-type]
-    first.start()
-    assert inside.wait(5)
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-        deadline = time.monotonic() + 5  # queue them in order
-        while len(store._queue) < threads.index(t) + 1 and time.monotonic() < deadline:  # noqa: SLF001
-            time.sleep(0.002)
-    gate.set()
-    for t in [first, *threads]:
-        t.join()
-    return [outcomes[i] for i in range(len(fns))]
-
-
 def _appending(tag: str, then: Any = None) -> Any:
     def run(conn: object) -> int:
         head = audit_repo.lock_head(conn)  # type: ignore[arg-type]
@@ -344,16 +311,80 @@ def _appending(tag: str, then: Any = None) -> Any:
     return run
 
 
-def test_a_read_that_flushed_inside_a_failing_caller_loses_no_one_elses_entry(store: Database) -> None:
-    def read_then_fail(conn: object) -> None:
-        audit_repo.head(conn)  # type: ignore[arg-type]  # flushes A's and B's entries inside B's savepoint
-        raise ValueError("refused after reading the log")
+def _then_read_then_fail(conn: object) -> None:
+    audit_repo.head(conn)  # type: ignore[arg-type]  # flushes the entries so far inside this caller's savepoint
+    raise ValueError("refused after reading the log")
 
-    outcomes = _batch_of(store, [_appending("A"), _appending("B", read_then_fail), _appending("C")])
+
+def test_a_read_that_flushed_inside_a_failing_caller_loses_no_one_elses_entry(store: Database) -> None:
+    outcomes = store.write_batch([_appending("A"), _appending("B", _then_read_then_fail), _appending("C")])
     assert outcomes[0] == 0 and isinstance(outcomes[1], ValueError) and outcomes[2] == 1
     entries, head = _entries_and_head(store)
     assert [json.loads(e)["tag"] for e in entries] == ["A", "C"] and head.size == 2
     assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
+
+
+def _then_conflict(conn: object) -> None:
+    raise Conflict("refused by its own rule")
+
+
+def _then_duplicate_jti(conn: Any) -> None:
+    conn.execute(insert(seen_tokens).values(jti="dup" * 8, operator="x", seen_at=1))
+
+
+def _then_break_the_store(conn: Any) -> None:
+    conn.exec_driver_sql("SELECT * FROM no_such_table")
+
+
+def _then_inner_savepoint_fails(conn: Any) -> None:
+    try:
+        with conn.begin_nested():
+            audit_repo.append(conn, "test", canonical_json({"index": -1, "tag": "inner"}), 0)
+            raise KeyError("the inner step failed")
+    except KeyError:
+        pass
+
+
+def _then_flush_conflicts(conn: Any) -> None:
+    """Second in its batch, its entry is buffered as index 1: a row written directly at 1 conflicts at flush."""
+    conn.execute(insert(audit_entries).values(idx=1, action="x", entry="{}", leaf_hash=b"\0" * 32, created_at=0))
+
+
+_OK = "committed"
+# (what each caller does after its own append, in batch order; what each caller gets; tags that commit)
+_BATCHES: dict[str, tuple[list[Any], list[Any], list[str]]] = {
+    "all succeed": ([None, None, None], [_OK, _OK, _OK], ["0", "1", "2"]),
+    "one refused by its own rule": ([None, _then_conflict, None], [_OK, Conflict, _OK], ["0", "2"]),
+    "the first refused": ([_then_conflict, None, None], [Conflict, _OK, _OK], ["1", "2"]),
+    "the last refused": ([None, None, _then_conflict], [_OK, _OK, Conflict], ["0", "1"]),
+    "one violates a constraint": ([None, _then_duplicate_jti, _then_duplicate_jti],
+                                  [_OK, _OK, sa_exc.IntegrityError], ["0", "1"]),
+    "one fails its own inner savepoint": ([_then_inner_savepoint_fails, None], [_OK, _OK], ["0", "1"]),
+    "one reads the log then is refused": ([None, _then_read_then_fail, None], [_OK, ValueError, _OK], ["0", "2"]),
+    "one breaks the store": ([None, _then_break_the_store, None],
+                             [StorageUnavailable, StorageUnavailable, StorageUnavailable], []),
+    "the buffered rows conflict at flush": ([None, _then_flush_conflicts],
+                                            [StorageUnavailable, StorageUnavailable], []),
+    "a single caller refused": ([_then_conflict], [Conflict], []),
+    "a single caller breaking the store": ([_then_break_the_store], [StorageUnavailable], []),
+}
+
+
+@pytest.mark.parametrize("case", list(_BATCHES))
+def test_what_a_group_commit_gives_each_caller_and_what_it_commits(store: Database, case: str) -> None:
+    """The group commit case by case, through its deterministic seam (the batch write() forms, run in order)."""
+    thens, expected, committed = _BATCHES[case]
+    outcomes = store.write_batch([_appending(str(i), then) for i, then in enumerate(thens)])
+    assert len(outcomes) == len(expected)
+    for outcome, wanted in zip(outcomes, expected, strict=True):
+        assert isinstance(outcome, int) if wanted is _OK else isinstance(outcome, wanted), (case, outcomes)
+    entries, head = _entries_and_head(store)
+    assert [json.loads(e)["tag"] for e in entries] == committed and head.size == len(committed)
+    assert head.root == merkle.root([merkle.leaf_hash(e.encode()) for e in entries])
+    with store.read() as conn:
+        jtis = conn.execute(select(seen_tokens.c.jti)).scalars().all()
+    assert len(jtis) == (1 if "constraint" in case else 0)
+    assert [o for o in outcomes if isinstance(o, int)] == list(range(len(committed)))
 
 
 def test_an_entry_appended_in_a_callers_own_rolled_back_savepoint_is_dropped(store: Database) -> None:
