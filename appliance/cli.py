@@ -26,17 +26,25 @@ EXIT_FAILED = 1
 
 class Context:
     def __init__(self, config: str | None, url: str | None, trust_anchor: str | None = None,
-                 tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> None:
+                 tls: tuple[str | None, str | None, str | None] = (None, None, None),
+                 read_key: str | None = None) -> None:
         self.config_path = config
+        self.read_key = read_key
         self.url_option = url
         self.trust_anchor = trust_anchor
         self.tls = tls  # (CA file, client certificate, client key)
 
-    def client(self, timeout: float = 30.0) -> Client:
-        """The service's client, verifying the policy history from the pinned trust anchor when one is set."""
+    def client(self, timeout: float = 30.0, read_key: str | None = None) -> Client:
+        """The service's client, verifying the policy history from the pinned trust anchor when one is set, and
+        signing its reads with `read_key` (a command's own --key), else --read-key, else not at all."""
         ca_file, cert, key = self.tls
+        reader = None
+        if read_key or self.read_key:
+            from appliance.operator import load_key, read_authorization
+
+            reader = read_authorization(load_key(read_key or self.read_key or ""))
         return Client(self.url(), timeout=timeout, trust_anchor=self.trust_anchor, ca_file=ca_file,
-                      client_cert=cert, client_key=key)
+                      client_cert=cert, client_key=key, reader=reader)
 
     def settings(self) -> Any:
         from appliance import config
@@ -75,12 +83,15 @@ def emit(obj: Any, as_json: bool, text: str | None = None) -> None:
               help="client certificate (PEM) for a service that asks for one ($APPLIANCE_CLIENT_CERT)")
 @click.option("--client-key", envvar="APPLIANCE_CLIENT_KEY", type=click.Path(dir_okay=False),
               help="its private key, if not in the certificate file ($APPLIANCE_CLIENT_KEY)")
+@click.option("--read-key", envvar="APPLIANCE_READ_KEY", type=click.Path(dir_okay=False),
+              help="your operator key (PEM), to sign reads of requests and policy details; commands that take "
+                   "--key sign with that ($APPLIANCE_READ_KEY)")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, url: str | None, trust_anchor: str | None, ca_file: str | None,
-        client_cert: str | None, client_key: str | None) -> None:
+        client_cert: str | None, client_key: str | None, read_key: str | None) -> None:
     """Reserve-attestation signing appliance."""
     os.umask(0o077)  # the store, its WAL, attestations and holder files: owner only
-    ctx.obj = Context(config, url, trust_anchor, (ca_file, client_cert, client_key))
+    ctx.obj = Context(config, url, trust_anchor, (ca_file, client_cert, client_key), read_key)
 
 
 @cli.command("dev-init")

@@ -13,6 +13,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from appliance import errors
@@ -32,7 +33,8 @@ def new_jti() -> str:
 
 class Client:
     def __init__(self, base_url: str, timeout: float = 30.0, trust_anchor: str | None = None,
-                 ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None) -> None:
+                 ca_file: str | None = None, client_cert: str | None = None, client_key: str | None = None,
+                 reader: Callable[[str, str], str] | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
         #: https: the system's trust store, or only `ca_file`; a client certificate where the service asks for one
@@ -40,6 +42,9 @@ class Client:
         #: the first policy bundle's hash as the officer pinned it: when set, policy() verifies the served
         #: history from it, and nothing the service says about the policy is believed otherwise
         self.trust_anchor = trust_anchor
+        #: (method, path and query) -> the Authorization header of a signed read (operator.read_authorization):
+        #: operators, mint requests and policy details are for enrolled operators (domain/reads.py)
+        self.reader = reader
 
     def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
@@ -49,6 +54,8 @@ class Client:
         req.add_header("Accept", f"{accept}, application/problem+json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if method == "GET" and self.reader is not None:
+            req.add_header("Authorization", self.reader(method, path))
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self.tls) as resp:  # noqa: S310
                 raw = resp.read()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from appliance.client import new_jti
-from appliance.domain import jose
+from appliance.domain import jose, reads
 from appliance.domain.messages import TYP_MINT_REQUEST, TYP_POLICY_PROPOSAL, TYP_RESERVE_REPORT, dumps
 from appliance.domain.mint_rules import nonce_for
 from appliance.domain.policy import POLICY_PROPOSER_ROLE, PolicyBundle
@@ -49,6 +50,15 @@ class SoftwareSigner:
 
     def sign(self, message: bytes) -> bytes:
         return jose.software_sign(self.private_key, self.alg, message)
+
+
+def read_authorization(signer: SoftwareSigner, clock: Callable[[], float] = time.time) -> Callable[[str, str], str]:
+    """The Client's `reader`: for each GET, `Bearer <jws>` by `signer` over that one method, path and query."""
+    def authorize(method: str, target: str) -> str:
+        head = {"alg": signer.alg, "kid": signer.key_id, "typ": reads.TYP_READ}
+        token = jose.sign_compact(head, dumps(reads.claims(method, target, int(clock()))), signer.sign)
+        return f"{reads.SCHEME} {token}"
+    return authorize
 
 
 def load_key(path: str | Path) -> SoftwareSigner:

@@ -33,7 +33,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from appliance.domain import messages
-from appliance.operator import load_key, sign_request
+from appliance.operator import load_key, read_authorization, sign_request
 from tests.served import APPLIANCE, serve
 
 
@@ -151,9 +151,11 @@ def run(urls: list[str], directory: Path, dev: dict[str, Any], total: int, threa
     elapsed = time.perf_counter() - started
     signed = sum(_mint_signatures(u) for u in urls) - before
     served_ok = 0
+    read = read_authorization(load_key(directory / "operators" / "grace.pem"))  # reads are for operators
     for item in pending:
-        with urllib.request.urlopen(f"{random.choice(urls)}/v1/mint-requests/{item['request_id']}/authorization",
-                                    timeout=60) as r:  # noqa: S310
+        path = f"/v1/mint-requests/{item['request_id']}/authorization"
+        request = urllib.request.Request(random.choice(urls) + path, headers={"Authorization": read("GET", path)})
+        with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310
             authz = json.load(r)
         signable = encode_typed_data(full_message=authz["typedData"])
         served_ok += Account.recover_message(signable, signature=authz["signature"]) == authz["signer"]

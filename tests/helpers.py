@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,26 @@ from prometheus_client import REGISTRY
 
 from appliance import config
 from appliance.api import create_app
-from appliance.domain import jose
+from appliance.domain import jose, reads
 from appliance.domain.messages import TYP_RESERVE_REPORT
 from appliance.operator import SoftwareSigner, load_key
 from appliance.services import auth, context
 from appliance.services.context import Appliance
 from tests.authenticator import SoftAuthenticator
+
+
+class ReadingClient(FlaskClient):
+    """A test client that signs every GET with `reader`'s read token (domain/reads.py), as the CLI does, unless
+    the request brings its own Authorization header or `reader` is None (an anonymous caller)."""
+
+    reader: Callable[[str, str], str] | None = None
+
+    def get(self, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.reader is not None and "Authorization" not in headers:
+            parts = urllib.parse.urlsplit(url)
+            headers["Authorization"] = self.reader("GET", reads.target_of(parts.path, parts.query))
+        return super().get(url, *args, headers=headers, **kwargs)
 
 
 class Clock:
@@ -48,9 +63,26 @@ class Harness:
     signers: dict[str, SoftwareSigner] = field(default_factory=dict)
     keys: dict[str, SoftAuthenticator] = field(default_factory=dict)  # officers' enrolled security keys
 
+    #: whose read token the harness's clients send with every GET (None: anonymous reads)
+    reader: str | None = "grace"
+
     @property
-    def client(self) -> FlaskClient:
+    def client(self) -> ReadingClient:
+        client = self.flask.test_client()
+        assert isinstance(client, ReadingClient)
+        client.reader = None if self.reader is None else (lambda m, t: self.read_token(self.reader or "", m, t))
+        return client
+
+    def anonymous(self) -> FlaskClient:
+        """A client that sends no read token."""
         return self.flask.test_client()
+
+    def read_token(self, name: str, method: str, target: str, iat: int | None = None) -> str:
+        """`Bearer <jws>`: `name`'s read token for `method target` (see domain/reads.py)."""
+        signer = self.signer(name)
+        body = reads.claims(method, target, int(self.clock()) if iat is None else iat)
+        head = {"alg": signer.alg, "kid": signer.key_id, "typ": reads.TYP_READ}
+        return f"Bearer {jose.sign_compact(head, json.dumps(body).encode(), signer.sign)}"
 
     def signer(self, name: str) -> SoftwareSigner:
         if name not in self.signers:
@@ -116,7 +148,13 @@ def harness(directory: Path, summary: dict[str, Any], clock: Clock | None = None
     clock = clock or Clock()
     settings = config.load(directory / "appliance.toml")
     app_ctx = context.build(settings, clock=clock)
-    return Harness(app_ctx, create_app(app_ctx), clock, directory, summary)
+    return Harness(app_ctx, reading(create_app(app_ctx)), clock, directory, summary)
+
+
+def reading(app: Flask) -> Flask:
+    """`app` whose test clients are ReadingClients."""
+    app.test_client_class = ReadingClient
+    return app
 
 
 def metric(name: str, **labels: str) -> float:

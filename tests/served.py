@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 APPLIANCE = [sys.executable, "-m", "appliance.cli"]
 
@@ -45,3 +47,17 @@ def serve(config: str | Path, log_path: Path, env: dict[str, str] | None = None,
             proc.kill()
             raise AssertionError(f"the service did not become ready:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.05)
+
+
+def reader(key: Any) -> Callable[[str, str], str]:
+    """The Authorization header of reads signed by the operator key at `key` (a path, as the CLI's --read-key,
+    or a loaded SoftwareSigner)."""
+    from appliance.operator import load_key, read_authorization
+
+    return read_authorization(load_key(key) if isinstance(key, (str, Path)) else key)
+
+
+def signed_get(url: str, path: str, key: str | Path) -> urllib.request.Request:
+    """A GET of `path` carrying the read token of the operator key at `key` (reads of requests and policy
+    details are for enrolled operators)."""
+    return urllib.request.Request(url + path, headers={"Authorization": reader(key)("GET", path)})  # noqa: S310

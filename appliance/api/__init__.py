@@ -8,8 +8,9 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from appliance import metrics
-from appliance.api import problems
+from appliance.api import access, problems
 from appliance.api.limits import ClientLimits
+from appliance.domain import reads
 from appliance.services.context import Appliance
 
 
@@ -44,6 +45,8 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
             limits.admit(client, time.monotonic())
             limits.enter(client)
             g.in_flight = client
+        else:
+            access.require_reader()
 
     @app.teardown_request
     def _finish(_exc: BaseException | None) -> None:
@@ -63,6 +66,8 @@ def create_app(app_ctx: Appliance, test_config: dict[str, Any] | None = None) ->
             close = request.environ.get("appliance.close_connection")  # the server's (server.closing_on_request)
             if close is not None:
                 close()
+        if response.status_code == 401:
+            response.headers.setdefault("WWW-Authenticate", f'{reads.SCHEME} realm="appliance"')
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response

@@ -34,13 +34,18 @@ class ClientLimits:
     def admit(self, client: str, now: float) -> None:
         """Refuse a write from `client` at `now` (RateLimited) when it spent its failed authentications or its
         writes; otherwise spend one write."""
+        self.admit_read(client, now)
+        if not self.writes.take(client, now):
+            metrics.RATE_LIMITED.labels("writes").inc()
+            raise RateLimited(f"too many writes from {client}: slow down")
+
+    def admit_read(self, client: str, now: float) -> None:
+        """Refuse a private read (or a write) from `client` at `now` (RateLimited) once it spent its failed
+        authentications: guessing at read tokens is as slow as guessing at signed writes."""
         if self.auth_failures.exhausted(client, now):
             metrics.RATE_LIMITED.labels("auth-failures").inc()
             raise RateLimited(f"too many failed authentications from {client}: wait "
                               f"{AUTH_FAILURE_REFILL_SECONDS:.0f} s and sign with an enrolled key")
-        if not self.writes.take(client, now):
-            metrics.RATE_LIMITED.labels("writes").inc()
-            raise RateLimited(f"too many writes from {client}: slow down")
 
     def enter(self, client: str) -> None:
         """One more write of `client` in progress (RateLimited when it already has `in_progress`): a client

@@ -9,10 +9,13 @@ PROBLEM = {"description": "Problem details (RFC 9457)",
 
 
 def _op(summary: str, ok: str = "OK", ok_type: str = "application/json", errors: tuple[int, ...] = (400,),
-        body: str | None = None, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        body: str | None = None, params: list[dict[str, Any]] | None = None, read: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary,
                           "responses": {"200": {"description": ok, "content": {ok_type: {}}},
                                         **{str(code): PROBLEM for code in errors}}}
+    if read:  # for enrolled operators: a read token (api/access.py)
+        op["security"] = [{"readToken": []}]
+        op["responses"].update({"401": PROBLEM, "403": PROBLEM, "429": PROBLEM})
     if body:  # every write carries an operator's signature: a JWS or a security key's assertion
         op["requestBody"] = {"required": True, "description": body,
                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Signed"}}}}
@@ -35,6 +38,13 @@ SIGNED = {
                            **{m: {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}
                               for m in ("credential_id", "authenticator_data", "client_data_json", "signature")}}}}},
     ],
+}
+
+
+READ_TOKEN = {
+    "type": "http", "scheme": "bearer",
+    "bearerFormat": "compact JWS of typ read+jws by an enrolled operator's key, payload {htm, htu, iat}: htu is the "
+                    "path and query exactly as sent, iat within 120 s",
 }
 
 
@@ -67,10 +77,10 @@ def document() -> dict[str, Any]:
                                                    params=[_q("old"), _q("new")])},
         "/v1/mint-requests": {
             "get": _op("List mint requests", params=[{"name": "status", "in": "query", "required": False,
-                                                      "schema": {"type": "string"}}]),
+                                                      "schema": {"type": "string"}}], read=True),
             "post": _op("Create a mint request", errors=(400, 401, 403, 409, 415, 422, 503),
                         body="{\"jws\": compact JWS by the requesting operator}")},
-        "/v1/mint-requests/{id}": {"get": _op("One mint request", errors=(404,), params=[_p("id")])},
+        "/v1/mint-requests/{id}": {"get": _op("One mint request", errors=(404,), params=[_p("id")], read=True)},
         "/v1/mint-requests/{id}/approvals": {
             "post": _op("Approve or reject", errors=(400, 401, 403, 404, 409, 415, 422, 503),
                         body="{\"jws\": compact JWS by the approver}", params=[_p("id")])},
@@ -78,7 +88,8 @@ def document() -> dict[str, Any]:
             "post": _op("Cancel a pending request", errors=(400, 401, 403, 404, 409, 415),
                         body="{\"jws\": compact JWS by the requester or a security admin}", params=[_p("id")])},
         "/v1/mint-requests/{id}/authorization": {
-            "get": _op("The EIP-712 authorization once issued", errors=(404, 409, 503), params=[_p("id")])},
+            "get": _op("The EIP-712 authorization once issued", errors=(404, 409, 503), params=[_p("id")],
+                   read=True)},
         "/v1/attestations": {
             "get": _op("Attestations, newest first", params=[_q("limit", False), _q("before", False)]),
             "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503),
@@ -87,10 +98,10 @@ def document() -> dict[str, Any]:
                                                errors=(404,))},
         "/v1/attestations/{seq}": {"get": _op("One attestation (compact JWS)", ok_type="application/jose",
                                               errors=(404,), params=[_p("seq", "integer")])},
-        "/v1/policy": {"get": _op("Active policy bundle and pending proposals")},
+        "/v1/policy": {"get": _op("Active policy bundle and pending proposals", errors=(503,), read=True)},
         "/v1/policy/history": {"get": _op("The anchored activation history with every proposal and vote JWS, for a "
                                           "client that verifies it from its own pinned trust anchor",
-                                          errors=(503,))},
+                                          errors=(503,), read=True)},
         "/v1/policy/proposals": {"post": _op("Propose a policy bundle", errors=(400, 401, 403, 409, 415),
                                              body="{\"jws\": compact JWS by a security admin}")},
         "/v1/policy/proposals/{id}/approvals": {
@@ -99,13 +110,14 @@ def document() -> dict[str, Any]:
         "/v1/security-keys/invitations": {
             "post": _op("A registration link for an officer (a security admin's JWS naming them)",
                         errors=(400, 401, 403, 409, 415), body="{\"jws\": compact JWS by a security admin}")},
-        "/v1/security-keys/registrations": {"get": _op("Security keys registered and waiting for enrolment")},
+        "/v1/security-keys/registrations": {"get": _op("Security keys registered and waiting for enrolment",
+                                                         errors=(503,), read=True)},
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Reserve-attestation signing appliance", "version": "1"},
         "paths": paths,
-        "components": {"schemas": {"Signed": SIGNED, "Problem": {
+        "components": {"securitySchemes": {"readToken": READ_TOKEN}, "schemas": {"Signed": SIGNED, "Problem": {
             "type": "object",
             "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                            "detail": {"type": "string"}, "instance": {"type": "string"},

@@ -56,7 +56,7 @@ def reserves() -> None:
 def sign_report(ctx: click.Context, report_file: Path, operator: str, key: str, out: Path) -> None:
     """Sign REPORT_FILE (the reserve report's JSON) as custodian OPERATOR, for an auditor to attest from."""
     signer = load_key(key)
-    enrolled = check_enrolled(signer, operator, ctx.obj.client().policy())
+    enrolled = check_enrolled(signer, operator, ctx.obj.client(read_key=key).policy())
     if "custodian" not in enrolled.get("roles", []):
         raise click.ClickException(f"{operator} is not enrolled as a custodian")
     report = _json_file(report_file)
@@ -82,7 +82,7 @@ def sign_report(ctx: click.Context, report_file: Path, operator: str, key: str, 
 def attest(ctx: click.Context, operator: str, key: str, reserves_file: Path, supply_file: Path,
            holders_file: Path | None, out: Path | None, as_json: bool) -> None:
     """Ask the service for a signed reserve attestation over these inputs."""
-    client = ctx.obj.client(timeout=300)
+    client = ctx.obj.client(timeout=300, read_key=key)
     signer = load_key(key)
     check_enrolled(signer, operator, client.policy())
     payload = {"reserves": _report_jws(reserves_file), "supply": _json_file(supply_file),

@@ -24,8 +24,8 @@ def mint() -> None:
     """Mint authorizations under quorum."""
 
 
-def _client(ctx: click.Context) -> Client:
-    client: Client = ctx.obj.client()
+def _client(ctx: click.Context, key: str | None = None) -> Client:
+    client: Client = ctx.obj.client(read_key=key)
     return client
 
 
@@ -114,7 +114,7 @@ def _amount(client: Client, amount: str, unit: str) -> str:
 def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, unit: str, chain_id: int | None,
             as_json: bool) -> None:
     """Create a mint request; prints it in clear (amount in tokens and base units, validity in UTC)."""
-    client = _client(ctx)
+    client = _client(ctx, key)
     signer = _operator(client, operator, key)
     to = eip712.parse_address(to, "--to")
     amount = _amount(client, amount, unit)
@@ -140,7 +140,7 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
             as_json: bool) -> None:
     """Show the request in clear, then sign and submit your approval (or rejection). REQUEST_ID may be a unique
     prefix of the id."""
-    client = _client(ctx)
+    client = _client(ctx, key)
     signer = _operator(client, operator, key)
     request_id = _resolve(client, request_id)
     req = client.get(f"/v1/mint-requests/{request_id}")
@@ -215,7 +215,7 @@ def list_requests(ctx: click.Context, status: str | None, limit: int, as_json: b
 @click.pass_context
 def cancel(ctx: click.Context, request_id: str, operator: str, key: str, as_json: bool) -> None:
     """Cancel a pending request (its requester or a security admin); REQUEST_ID may be a unique prefix."""
-    client = _client(ctx)
+    client = _client(ctx, key)
     signer = _operator(client, operator, key)
     request_id = _resolve(client, request_id)
     jws = sign_request(signer, messages.TYP_MINT_CANCEL, {"request_id": request_id})

@@ -41,7 +41,7 @@ def _toml(path: Path) -> dict[str, Any]:
 def propose(ctx: click.Context, policy_file: Path, operators_file: Path | None, operator: str, key: str,
             as_json: bool) -> None:
     """Propose POLICY_FILE (and optionally a new operator set) as the next bundle."""
-    client = ctx.obj.client()
+    client = ctx.obj.client(read_key=key)
     signer = load_key(key)
     current = client.policy()
     check_enrolled(signer, operator, current)
@@ -70,7 +70,7 @@ def approve(ctx: click.Context, proposal_id: str, operator: str, key: str, rejec
 
     The bundle is recomputed here from the proposer's signed proposal and compared with what the service lists:
     a proposal rewritten in the database, or built on an older bundle, is refused before anything is signed."""
-    client = ctx.obj.client()
+    client = ctx.obj.client(read_key=key)
     signer = load_key(key)
     current = client.policy()
     check_enrolled(signer, operator, current)
@@ -106,7 +106,7 @@ def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, 
     """Propose enrolling the security keys registered in the console (all waiting ones, or REGISTRATION_IDS):
     the active policy with each key added to its officer. Shows each key's fingerprint first: compare them with
     their owners. The other security admins then approve it (`appliance policy approve`)."""
-    client = ctx.obj.client()
+    client = ctx.obj.client(read_key=key)
     signer = load_key(key)
     current = client.policy()
     check_enrolled(signer, operator, current)
@@ -135,7 +135,7 @@ def enrol(ctx: click.Context, registration_ids: tuple[str, ...], operator: str, 
 def unenrol(ctx: click.Context, keys: tuple[str, ...], operator: str, key: str, yes: bool, as_json: bool) -> None:
     """Propose removing enrolled security keys (a lost or retired key), each named by its credential id or by a
     unique prefix of its fingerprint as `policy show --json` and the console show it ("3c20 a97f")."""
-    client = ctx.obj.client()
+    client = ctx.obj.client(read_key=key)
     signer = load_key(key)
     current = client.policy()
     check_enrolled(signer, operator, current)

@@ -30,7 +30,7 @@ def invite(ctx: click.Context, name: str, operator: str, key: str, as_json: bool
     once the governance quorum approves its enrolment (`appliance policy enrol`, then `policy approve`)."""
     if not NAME_PATTERN.fullmatch(name):
         raise click.BadParameter(f"{name!r} is not an officer name", param_hint="NAME")
-    client = ctx.obj.client()
+    client = ctx.obj.client(read_key=key)
     signer = load_key(key)
     check_enrolled(signer, operator, client.policy())
     result = client.post("/v1/security-keys/invitations",

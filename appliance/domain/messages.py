@@ -15,6 +15,7 @@ TYP_RESERVE_REPORT = "reserve-report+jws"  # a custodian's signed reserve report
 TYP_POLICY_PROPOSAL = "policy-proposal+jws"
 TYP_POLICY_APPROVAL = "policy-approval+jws"
 TYP_KEY_INVITATION = "security-key-invitation+jws"  # a security admin invites an officer to register a key
+TYP_READ = "read+jws"  # an enrolled operator asks to read one private resource (see domain/reads.py)
 
 
 def dumps(payload: dict[str, Any]) -> bytes:

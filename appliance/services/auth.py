@@ -17,7 +17,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from appliance import metrics
-from appliance.domain import jose, webauthn
+from appliance.domain import jose, reads, webauthn
 from appliance.domain.canonical import parse_json_strict
 from appliance.domain.messages import TYP_ATTESTATION_REQUEST as TYP_ATTESTATION_REQUEST
 from appliance.domain.messages import TYP_MINT_APPROVAL as TYP_MINT_APPROVAL
@@ -67,6 +67,30 @@ def authenticate(token: object, bundle: PolicyBundle, *, typ: str, roles: frozen
     """Verify an operator's JWS of type `typ`; raises Unauthenticated, Forbidden or InvalidInput."""
     try:
         return _authenticate(token, bundle, typ=typ, roles=roles, now=now)
+    except Unauthenticated as exc:
+        metrics.AUTH_FAILURES.labels(_reason_label(exc.detail)).inc()
+        raise
+
+
+def authenticate_read(authorization: str | None, bundle: PolicyBundle, *, method: str, target: str,
+                      now: int) -> Operator:
+    """The enabled operator of `bundle` whose read token (an `Authorization: Bearer` JWS, see domain/reads.py)
+    is for exactly `method target` and fresh at `now`; raises Unauthenticated or Forbidden."""
+    try:
+        token = reads.token_of(authorization)
+    except Unauthenticated:
+        metrics.AUTH_FAILURES.labels("missing").inc()
+        raise
+    try:
+        if webauthn.is_envelope(token):
+            raise Unauthenticated("a read token is a compact JWS (security keys sign in to the console instead)")
+        operator, payload = _signed_by_operator(token, bundle, typ=reads.TYP_READ, roles=frozenset(),
+                                                location="authorization")
+        reads.check(payload, method, target, now)
+        return operator
+    except InvalidInput as exc:  # a malformed token is a failed authentication like any other
+        metrics.AUTH_FAILURES.labels("other").inc()
+        raise Unauthenticated(f"the read token is malformed: {exc.detail}") from exc
     except Unauthenticated as exc:
         metrics.AUTH_FAILURES.labels(_reason_label(exc.detail)).inc()
         raise

@@ -13,6 +13,7 @@ from appliance.domain.merkle import LeafHashes
 from appliance.domain.mint_rules import LogFacts
 from appliance.domain.rfc3339 import utc_of_timestamp
 from appliance.hsm import Curve, Hsm, KeySpec
+from appliance.services.outage import Outage
 from appliance.services.token_state import TokenState
 from appliance.signing import HsmSigner
 from appliance.store.db import Database
@@ -39,6 +40,8 @@ class Appliance:
     audit_tree_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     #: what the verified entries say about mints (reservations, closures), gathered as they are hashed
     audit_facts: LogFacts = field(default_factory=LogFacts.empty, init=False)
+    #: store writes that failed since the audit log last recorded an outage (services.lifecycle records it)
+    store_outage: Outage = field(default_factory=Outage, init=False)
     #: the process's services (services.registry.of builds them once); untyped here to keep imports acyclic
     services: object = field(default=None, init=False)
 
@@ -67,5 +70,11 @@ def build(settings: Settings, clock: Callable[[], float] = time.time) -> Applian
     hsm = Hsm(settings.hsm.module, settings.hsm.token_label, settings.hsm.pin)
     hsm.observer = metrics.observe_hsm
     db = Database(settings.storage_url, settings.storage_timeout_seconds)
-    db.on_failure = lambda operation: metrics.AUDIT_WRITE_FAILURES.labels(operation).inc()
-    return Appliance(settings=settings, db=db, hsm=hsm, clock=clock)
+    app = Appliance(settings=settings, db=db, hsm=hsm, clock=clock)
+
+    def failed(operation: str) -> None:
+        metrics.AUDIT_WRITE_FAILURES.labels(operation).inc()
+        app.store_outage.note(operation, app.clock())
+
+    db.on_failure = failed
+    return app

@@ -38,11 +38,29 @@ class Background:
 
     def tick(self) -> None:
         """Once a second."""
+        record_outage(self.app)
         if self._due("checkpoint", self.app.settings.checkpoint_interval_seconds):
             registry.of(self.app).audit.checkpoint()
         schedule = self.app.settings.attestation_schedule
         if schedule.interval_minutes and self._due("attest", schedule.interval_minutes * 60):
             scheduled_attestation(self.app)
+
+
+def record_outage(app: Appliance) -> bool:
+    """One `store.unavailable` entry for the store writes that failed since the last one, once the store takes a
+    write again (until then they are kept: the failure is audited once it can be). True if one was recorded."""
+    details = app.store_outage.take()
+    if details is None:
+        return False
+    try:
+        registry.of(app).audit.record_standalone(actor="appliance", action="store.unavailable", subject=None,
+                                                 details=details, policy_hash=None)
+    except ApplianceError:
+        app.store_outage.give_back(details)  # still down: this attempt is one more failed write
+        return False
+    log.warning("the store refused %d writes between %s and %s; recorded in the audit log",
+                details["failed_writes"], details["first_failure"], details["last_failure"])
+    return True
 
 
 def scheduled_attestation(app: Appliance) -> dict[str, object] | None:

@@ -20,6 +20,7 @@ from appliance.operator import load_key, sign_request
 from appliance.services import auth
 from tests.e2e.test_cli import Service
 from tests.helpers import digest_of
+from tests.served import signed_get
 
 ELSEWHERE = "0x000000000000000000000000000000000000dEaD"
 
@@ -50,7 +51,7 @@ def post(svc: Service, path: str, body: dict[str, Any]) -> tuple[int, dict[str, 
 
 
 def get(svc: Service, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(svc.url + path, timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(signed_get(svc.url, path, svc.key("grace")), timeout=10) as r:  # noqa: S310
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 

@@ -42,7 +42,8 @@ class Service:
     directory: Path
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "APPLIANCE_URL": self.url, "APPLIANCE_TRUST_ANCHOR": self.dev["trust_anchor"]}
+        env = {**os.environ, "APPLIANCE_URL": self.url, "APPLIANCE_TRUST_ANCHOR": self.dev["trust_anchor"],
+               "APPLIANCE_READ_KEY": self.key("grace")}  # reads are signed by an enrolled operator
         env.pop("SOFTHSM2_CONF", None)  # the config names its own token directory
         return run(*args, env=env, check=check)
 
@@ -205,10 +206,14 @@ def test_a_custodian_signs_the_report_an_auditor_attests_from(service: Service, 
 def test_commands_that_talk_to_the_service_take_url(service: Service, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     env["APPLIANCE_URL"] = "http://127.0.0.1:9"  # nothing listens there: --url must win
+    env["APPLIANCE_READ_KEY"] = service.key("grace")
     out = run("audit", "verify", "--url", service.url, "--state", str(tmp_path / "st.json"), env=env)
     assert "OK:" in out.stdout
     listed = json.loads(run("mint", "list", "--url", service.url, "--json", env=env).stdout)
     assert "items" in listed
+    env.pop("APPLIANCE_READ_KEY")  # reads of requests are for enrolled operators: a clear refusal without a key
+    refused = run("mint", "list", "--url", service.url, env=env, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr and "--read-key" in refused.stderr
     assert "keys" in json.loads(run("keys", "export", "--url", service.url, env=env).stdout)
 
 

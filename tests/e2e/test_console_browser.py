@@ -29,7 +29,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from tests.conftest import write_env
-from tests.served import APPLIANCE, free_port, serve
+from tests.served import APPLIANCE, free_port, serve, signed_get
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and os.environ.get("CI") != "true",
@@ -59,7 +59,8 @@ class Served:
     directory: Path
 
     def cli(self, *args: str) -> str:
-        env = {**os.environ, "APPLIANCE_URL": self.url}
+        env = {**os.environ, "APPLIANCE_URL": self.url,
+               "APPLIANCE_READ_KEY": str(self.directory / "operators" / "grace.pem")}
         env.pop("SOFTHSM2_CONF", None)
         result = subprocess.run([*APPLIANCE, *args], capture_output=True, text=True, env=env, timeout=120,
                                 check=False)
@@ -214,11 +215,12 @@ def test_officers_enrol_keys_and_approve_a_mint_in_the_browser(served: Served, c
     carol.page.wait_for_selector("#signature", timeout=20_000)
     carol.shot("6-authorized")
 
-    with urllib.request.urlopen(f"{url}/v1/mint-requests/{request_id}/authorization") as r:  # noqa: S310
+    grace = served.directory / "operators" / "grace.pem"
+    with urllib.request.urlopen(signed_get(url, f"/v1/mint-requests/{request_id}/authorization", grace)) as r:  # noqa: S310
         authorization = json.load(r)
     signable = encode_typed_data(full_message=authorization["typedData"])
     assert Account.recover_message(signable, signature=authorization["signature"]) == authorization["signer"]
-    with urllib.request.urlopen(f"{url}/v1/mint-requests/{request_id}") as r:  # noqa: S310
+    with urllib.request.urlopen(signed_get(url, f"/v1/mint-requests/{request_id}", grace)) as r:  # noqa: S310
         view = json.load(r)
     assert view["quorum"]["counted"] == ["bob", "carol"] and view["amount"] == str(250_000 * 10**6)
 

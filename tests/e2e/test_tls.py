@@ -120,6 +120,10 @@ def served(dev: dict[str, Any], pki: Pki) -> Iterator[Any]:
         proc.wait(15)
 
 
+def _reader(dev: dict[str, Any]) -> str:
+    return next(op["key"] for op in dev["operators"] if op["name"] == "grace")
+
+
 def _cli(url: str, *args: str, **tls: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("SOFTHSM2_CONF", "APPLIANCE_CA_FILE", "APPLIANCE_CLIENT_CERT", "APPLIANCE_CLIENT_KEY")}
@@ -130,7 +134,7 @@ def _cli(url: str, *args: str, **tls: str) -> subprocess.CompletedProcess[str]:
 
 def test_serve_over_tls_and_the_cli_trusts_only_its_ca(dev: dict[str, Any], pki: Pki, served: Any) -> None:
     url = served(_configure(dev, f'tls_cert_file = "{pki.server_cert}"\ntls_key_file = "{pki.server_key}"'))
-    shown = _cli(url, "policy", "show", "--json", ca_file=str(pki.ca))
+    shown = _cli(url, "policy", "show", "--json", ca_file=str(pki.ca), read_key=_reader(dev))
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["active"]["hash"]
     untrusted = _cli(url, "policy", "show", "--json")  # the system's trust store does not know the test CA
@@ -147,10 +151,10 @@ def test_client_certificates_are_required_when_a_client_ca_is_configured(dev: di
                                  f'tls_client_ca_file = "{pki.client_ca}"'), client=True)
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(url + "/healthz", timeout=5, context=_context(pki)).read()  # noqa: S310
-    refused = _cli(url, "policy", "show", ca_file=str(pki.ca))
+    refused = _cli(url, "policy", "show", ca_file=str(pki.ca), read_key=_reader(dev))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    ok = _cli(url, "policy", "show", "--json", ca_file=str(pki.ca), client_cert=str(pki.client_cert),
-              client_key=str(pki.client_key))
+    ok = _cli(url, "policy", "show", "--json", ca_file=str(pki.ca), read_key=_reader(dev),
+              client_cert=str(pki.client_cert), client_key=str(pki.client_key))
     assert ok.returncode == 0, ok.stderr
 
 

@@ -21,6 +21,7 @@ import pytest
 from appliance.domain import eip712
 from appliance.domain.policy import PolicyBundle
 from tests.e2e.test_cli import Service, run, serve
+from tests.served import signed_get
 
 Rewrite = Callable[[str, Any], Any]
 
@@ -54,7 +55,7 @@ def host(service: Service) -> Iterator[Callable[[Rewrite], Host]]:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
                 req = urllib.request.Request(service.url + self.path, data=body, method=method,  # noqa: S310
                                              headers={k: v for k, v in self.headers.items()
-                                                      if k.lower() in ("content-type", "accept")})
+                                                      if k.lower() in ("content-type", "accept", "authorization")})
                 try:
                     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
                         status, ctype, raw = resp.status, resp.headers["Content-Type"], resp.read()
@@ -91,6 +92,7 @@ def host(service: Service) -> Iterator[Callable[[Rewrite], Host]]:
 def cli(service: Service, url: str, *args: str, anchor: str | None) -> Any:
     env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", "APPLIANCE_TRUST_ANCHOR")}
     env["APPLIANCE_URL"] = url
+    env["APPLIANCE_READ_KEY"] = service.key("grace")
     if anchor is not None:
         env["APPLIANCE_TRUST_ANCHOR"] = anchor
     return run(*args, env=env, check=False)
@@ -128,7 +130,8 @@ def _pending(service: Service) -> dict[str, Any]:
 
 
 def _approvals(service: Service, request_id: str) -> list[Any]:
-    with urllib.request.urlopen(f"{service.url}/v1/mint-requests/{request_id}", timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(signed_get(service.url, f"/v1/mint-requests/{request_id}", service.key("grace")),
+                                timeout=10) as r:  # noqa: S310
         return list(json.loads(r.read())["approvals"])
 
 
@@ -178,9 +181,10 @@ def test_a_history_grown_from_another_first_bundle_is_caught_by_the_pin_alone(
     other = json.loads(run("dev-init", str(other_dir), "--json", env=env).stdout)
     proc, other_url = serve(other_dir, other, env)
     try:
-        with urllib.request.urlopen(other_url + "/v1/policy/history", timeout=10) as r:  # noqa: S310
+        grace = next(op["key"] for op in other["operators"] if op["name"] == "grace")
+        with urllib.request.urlopen(signed_get(other_url, "/v1/policy/history", grace), timeout=10) as r:  # noqa: S310
             foreign_history = json.loads(r.read())
-        with urllib.request.urlopen(other_url + "/v1/policy", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(signed_get(other_url, "/v1/policy", grace), timeout=10) as r:  # noqa: S310
             foreign_policy = json.loads(r.read())
     finally:
         proc.terminate()

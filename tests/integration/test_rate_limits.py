@@ -10,7 +10,7 @@ from tests.helpers import Harness, metric
 
 
 def _client(h: Harness, address: str, app: Any = None) -> Any:
-    client = (app or h.flask).test_client()
+    client = h.client if app is None else app.test_client()
     client.environ_base["REMOTE_ADDR"] = address
     return client
 
@@ -25,11 +25,13 @@ def test_failed_authentications_lock_out_that_client_only(h: Harness) -> None:
     refused = guesser.post("/v1/mint-requests", json={"jws": forged})
     assert refused.headers["Retry-After"] == "5" and refused.get_json()["type"].endswith(":rate-limited")
     assert metric("appliance_rate_limited_total", budget="auth-failures") >= before + 6
-    # another client is served as usual, and the locked-out one can still read
+    # another client is served as usual; the locked-out one can still read what is public, but not (even with
+    # a valid read token) what is for operators
     payload = {"to": h.allowlist[0], "amount": "1000", "chain_id": h.chain_id}
     assert honest.post("/v1/mint-requests", json={"jws": h.jws("alice", auth.TYP_MINT_REQUEST, payload)}
                        ).status_code == 201
-    assert guesser.get("/v1/policy").status_code == 200
+    assert guesser.get("/v1/audit/checkpoint").status_code == 200
+    assert guesser.get("/v1/policy").status_code == 429 and honest.get("/v1/policy").status_code == 200
 
 
 def test_writes_beyond_a_clients_rate_are_refused(h: Harness) -> None:

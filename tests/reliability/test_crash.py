@@ -41,7 +41,7 @@ from appliance.domain import messages
 from appliance.failpoints import POINTS
 from appliance.operator import load_key, sign_request, sign_reserve_report
 from tests.e2e.test_cli import run
-from tests.served import serve
+from tests.served import reader, serve
 
 # make test: one point on each signing path where a lost write would matter most (about 20 s); the full run
 # (APPLIANCE_CRASH_ROUNDS, make test-crash) cycles through every point
@@ -94,8 +94,10 @@ class Rig:
     def http(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, body); (0, None) when the service died under the call (the crash)."""
         data = None if body is None else json.dumps(body).encode()
+        grace = self.directory / "operators" / "grace.pem"
         req = urllib.request.Request(self.url + path, data=data, method=method,  # noqa: S310
-                                     headers={"Content-Type": "application/json"} if data else {})
+                                     headers={"Content-Type": "application/json"} if data else
+                                     {"Authorization": reader(grace)(method, path)})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
                 status, raw = r.status, r.read()
