@@ -22,6 +22,7 @@ from appliance.commands import ANCHOR, url_option
 from appliance.errors import ApplianceError, VerificationFailed
 
 EXIT_FAILED = 1
+EXIT_UNREADY = 3  # `check`: fit to serve, but the HSM cannot be used right now (module, token or keys not visible)
 
 
 class Context:
@@ -135,15 +136,19 @@ def init(obj: Context, as_json: bool) -> None:
 @cli.command()
 @click.pass_obj
 def check(obj: Context) -> None:
-    """Check the HSM keys and the store as `serve` would; exit 0 when fit to serve."""
+    """Check the HSM keys and the store as `serve` would; exit 0 when fit to serve, 3 when fit but the HSM cannot
+    be used right now (serve then starts unready), 1 when it must not serve (unfit key, refused PIN, old schema)."""
     from appliance.services import context, keys
     from appliance.services.policy import PolicyService
     from appliance.store import schema
 
     app = context.build(obj.settings())
-    keys.check(app)
+    unready = keys.check_at_start(app)  # raises on an unfit key or a refused PIN
     if not schema.is_current(app.db):
         raise click.ClickException("the database schema is not current: run `appliance init`")
+    if unready:
+        click.echo(f"not ready: the HSM cannot be used now: {unready}", err=True)
+        sys.exit(EXIT_UNREADY)
     PolicyService(app).active()
     app.hsm.close()
     click.echo("ok: keys are sensitive, non-extractable and sign-only; store and policy ready")
@@ -153,7 +158,8 @@ def check(obj: Context) -> None:
 @click.option("--listen", help="HOST:PORT (default: service.listen in the config)")
 @click.pass_obj
 def serve(obj: Context, listen: str | None) -> None:
-    """Serve HTTP with worker processes; refuses to start unless `check` passes."""
+    """Serve HTTP with worker processes; refuses to start unless `check` passes (or finds only the HSM away: then
+    it serves unready, 503 and /readyz false, until the HSM is back)."""
     from appliance import config
 
     settings = obj.settings()
@@ -167,7 +173,9 @@ def serve(obj: Context, listen: str | None) -> None:
     preflight = subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
         [sys.executable, "-m", "appliance.cli", "--config", str(settings.path), "check"],
                                capture_output=True, text=True, check=False)
-    if preflight.returncode != 0:
+    if preflight.returncode == EXIT_UNREADY:  # the HSM is away: serve unready (503, /readyz false) until it is back
+        click.echo(f"warning: {preflight.stderr.strip()}; serving unready until it can", err=True)
+    elif preflight.returncode != 0:
         raise click.ClickException("refusing to serve: " + (preflight.stderr or preflight.stdout).strip())
     from appliance.server import METRICS_PREFIX, remove_stale_metrics_dirs
 

@@ -25,7 +25,8 @@ METRICS_PREFIX = "appliance-metrics-"  # + the serving pid: the default PROMETHE
 
 
 def build_wsgi(config_path: str) -> Any:
-    """Wire the appliance and its Flask app for this (worker) process; refuses to start on unfit keys."""
+    """Wire the appliance and its Flask app for this (worker) process; refuses to start on unfit keys or a refused
+    PIN, and starts unready (503, `/readyz` false) while the HSM cannot be reached."""
     from appliance import config
     from appliance.api import create_app
     from appliance.services import context, keys, lifecycle
@@ -33,7 +34,9 @@ def build_wsgi(config_path: str) -> Any:
     settings = config.load(config_path)
     app_ctx = context.build(settings)
     drain_on_stop(app_ctx.hsm)
-    keys.check(app_ctx)  # refuse to run with an extractable, non-sensitive or multi-use key
+    unready = keys.check_at_start(app_ctx)  # refuses an unfit key or a refused PIN; an absent HSM is waited for
+    if unready:
+        log.warning("starting unready: %s", unready)
     lifecycle.on_start(app_ctx)
     _start_background(app_ctx)
     return closing_on_request(create_app(app_ctx))

@@ -23,22 +23,25 @@ def free_port() -> int:
 
 
 def serve(config: str | Path, log_path: Path, env: dict[str, str] | None = None, *, new_session: bool = False,
-          tls: ssl.SSLContext | None = None, timeout: float = 60,
-          port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+          tls: ssl.SSLContext | None = None, timeout: float = 60, port: int | None = None,
+          prefix: tuple[str, ...] = (), ready: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     """Start `appliance --config CONFIG serve` on a free loopback port; (process, url) once it is ready.
     `new_session`: the server leads its own process group (the crash suite kills that group). `tls`: speak
-    HTTPS with this client context. `port`: this one (chosen with free_port) rather than a new one."""
+    HTTPS with this client context. `port`: this one (chosen with free_port) rather than a new one. `prefix`: run
+    the server under this command (e.g. setpriv). `ready=False`: back once /healthz answers (a service that is up
+    but cannot be ready)."""
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     port = port or free_port()
     with open(log_path, "a") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([*APPLIANCE, "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
+        command = [*prefix, *APPLIANCE, "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}"]
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2, context=tls) as r:  # noqa: S310
+            with urllib.request.urlopen(url + ("/readyz" if ready else "/healthz"), timeout=2,  # noqa: S310
+                                        context=tls) as r:
                 if r.status == 200:
                     return proc, url
         except OSError:

@@ -1,5 +1,5 @@
 """HSM port: PKCS#11 through python-pkcs11 (the only place that imports it)."""
 
-from appliance.hsm.pkcs11_adapter import Curve, Hsm, KeyAttributes, KeySpec, check_keys
+from appliance.hsm.pkcs11_adapter import Curve, Hsm, KeyAttributes, KeySpec, PinRejected, check_keys
 
-__all__ = ["Curve", "Hsm", "KeyAttributes", "KeySpec", "check_keys"]
+__all__ = ["Curve", "Hsm", "KeyAttributes", "KeySpec", "PinRejected", "check_keys"]

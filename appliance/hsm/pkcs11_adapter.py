@@ -27,7 +27,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from appliance.errors import ConfigError, HsmUnavailable, Problem
+from appliance.errors import ApplianceError, ConfigError, HsmUnavailable, Problem
 
 T = TypeVar("T")
 
@@ -177,6 +177,10 @@ class _Transient(Exception):
         self.error = error
 
 
+class PinRejected(ConfigError):
+    """The token refused the PIN (or it is locked): never retried on its own, each try counts toward a lockout."""
+
+
 class Hsm:
     """A logged-in PKCS#11 token, safe to share between the threads of one process."""
 
@@ -191,6 +195,7 @@ class Hsm:
         self._data_at: dict[str, float] = {}
         self._pid = os.getpid()
         self._draining = False  # set by drain(): no HSM call starts any more (see drain)
+        self._rescanned = 0.0  # when _rescan last initialized the library again
         #: called with (operation, seconds, ok) after each HSM call; metrics hook in here.
         self.observer: Callable[[str, float, bool], None] | None = None
 
@@ -242,9 +247,9 @@ class Hsm:
             # Login is per process and token: another session of ours is still logged in.
             return token.open(rw=True)
         except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange) as exc:
-            raise ConfigError(f"the PIN for token {self._token_label!r} is wrong") from exc
+            raise PinRejected(f"the PIN for token {self._token_label!r} is wrong") from exc
         except p11.PinLocked as exc:
-            raise ConfigError(f"the user PIN of token {self._token_label!r} is locked") from exc
+            raise PinRejected(f"the user PIN of token {self._token_label!r} is locked") from exc
         except p11.PKCS11Error as exc:
             raise _Transient(HsmUnavailable(f"cannot open a session: {type(exc).__name__}")) from exc
 
@@ -281,6 +286,22 @@ class Hsm:
                 if self.observer is not None:
                     self.observer(operation, time.perf_counter() - started, ok)
 
+    def _rescan(self) -> Any | None:
+        """A session on a fresh view of the token (C_Finalize, C_Initialize, log in), at most once a second; None
+        when it was done less than a second ago or fails. Called when an object is not found: SoftHSM2 keeps its
+        list of a token's objects from when it last saw the token change, so objects it could not read for a while
+        (token files unreadable, being restored) stay invisible to this process until it initializes again."""
+        now = time.monotonic()
+        if now - self._rescanned < 1.0:
+            return None
+        self._rescanned = now
+        self._drop_session()
+        try:
+            pkcs11.lib(self._module).reinitialize()
+            return self._open()
+        except (ApplianceError, RuntimeError, OSError, p11.PKCS11Error):
+            return None
+
     def drain(self) -> None:
         """Start no HSM call from now on; a call in progress finishes. Called when the process is told to stop, so
         that the supervisor's SIGKILL after the grace period (gunicorn's graceful_timeout, systemd's stop timeout)
@@ -305,8 +326,14 @@ class Hsm:
             try:
                 key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
             except p11.NoSuchKey as exc:
-                raise ConfigError(f"no private key labelled {label!r} in token {self._token_label!r}"
-                                  " (run `appliance init`)") from exc
+                again = self._rescan()
+                try:
+                    if again is None:
+                        raise
+                    key = again.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+                except p11.NoSuchKey:
+                    raise ConfigError(f"no private key labelled {label!r} in token {self._token_label!r}"
+                                      " (run `appliance init`)") from exc
             except p11.MultipleObjectsReturned as exc:
                 raise ConfigError(f"several private keys are labelled {label!r}: labels must be unique") from exc
             self._keys[label] = key
@@ -316,8 +343,11 @@ class Hsm:
         """Whether a private key with this label exists in the token."""
 
         def find(session: Any) -> bool:
-            return any(True for _ in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                                                           Attribute.LABEL: label}))
+            template = {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}
+            if any(True for _ in session.get_objects(template)):
+                return True
+            again = self._rescan()
+            return again is not None and any(True for _ in again.get_objects(template))
 
         return self._call("find", find)
 
@@ -369,7 +399,14 @@ class Hsm:
             try:
                 pub = session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=spec.label)
             except p11.NoSuchKey as exc:
-                raise ConfigError(f"no public key labelled {spec.label!r} in token {self._token_label!r}") from exc
+                again = self._rescan()
+                try:
+                    if again is None:
+                        raise
+                    pub = again.get_key(object_class=ObjectClass.PUBLIC_KEY, label=spec.label)
+                except p11.NoSuchKey:
+                    raise ConfigError(f"no public key labelled {spec.label!r} in token {self._token_label!r}"
+                                      ) from exc
             params = bytes(pub[Attribute.EC_PARAMS])
             if params != spec.curve.ec_params:
                 raise ConfigError(f"key {spec.label!r} is not on curve {spec.curve.value}")
@@ -420,8 +457,14 @@ class Hsm:
                     return [bytes(o[Attribute.VALUE]) for o in cached]
                 except p11.ObjectHandleInvalid:
                     pass  # replaced by another process: look it up again
-            found = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}))
-            self._data[label], self._data_at[label] = found, time.monotonic()
+            template = {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: label}
+            found = list(session.get_objects(template))
+            if not found and (again := self._rescan()) is not None:
+                found = list(again.get_objects(template))
+            if found:  # an absence is never remembered: a token that could not show its objects may again
+                self._data[label], self._data_at[label] = found, time.monotonic()
+            else:
+                self._data.pop(label, None)
             return [bytes(o[Attribute.VALUE]) for o in found]
 
         return self._call("read-data", read)

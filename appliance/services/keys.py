@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.hsm import check_keys
+from appliance.errors import ConfigError, HsmUnavailable
+from appliance.hsm import PinRejected, check_keys
 from appliance.services.context import Appliance
 from appliance.signing import jwks
 
@@ -36,6 +37,32 @@ def ensure_keys(app: Appliance) -> list[KeyStatus]:
 def check(app: Appliance) -> None:
     """Refuse to run unless every key exists, is sensitive, non-extractable and sign-only."""
     check_keys(app.hsm, app.key_specs)
+
+
+MISSING = "missing from the token"
+
+
+def check_at_start(app: Appliance) -> str | None:
+    """What a starting worker checks: raises (the worker must not start) when the token refuses the PIN or a key
+    is unfit (extractable, not sensitive, more than signing, another curve) or one of the keys is absent; returns
+    why the worker starts unready when the HSM cannot be reached or shows none of the keys for now (module
+    missing, token or its files unreadable, session lost), and None when all is well. A worker that (re)starts
+    while the HSM is away then serves 503 and `/readyz` false until it is back, instead of taking the whole
+    server down with it."""
+    try:
+        check_keys(app.hsm, app.key_specs)
+    except PinRejected:
+        raise
+    except ConfigError as exc:
+        # a key present but unfit, or one key of three absent (a label that names nothing): never serve like this;
+        # a token that shows none of them (its files unreadable, being restored) is waited for
+        if exc.problems and not (len(exc.problems) == len(app.key_specs)
+                                 and all(MISSING in p.message for p in exc.problems)):
+            raise
+        return exc.detail + "".join(f"; {p.location}: {p.message}" for p in exc.problems)
+    except HsmUnavailable as exc:
+        return exc.detail
+    return None
 
 
 def public_jwks(app: Appliance) -> dict[str, Any]:

@@ -220,7 +220,7 @@ class PolicyService:
         elif existing != first.hash:
             raise ConfigError(f"the token's policy anchor {label!r} names bundle {existing}, but this database "
                               f"starts from {first.hash}: wrong database or token")
-        with self.app.token.exclusive() as current:
+        with self.app.token.exclusive(initializing=True) as current:
             if current.version == 0:
                 with self.app.db.read() as conn:
                     rows = self._history_rows(conn)

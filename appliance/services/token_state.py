@@ -82,13 +82,17 @@ class TokenState:
     # -- advancing ----------------------------------------------------------------------------------------------
 
     @contextmanager
-    def exclusive(self) -> Iterator[Heads]:
-        """Hold the deployment's state lock; yields the heads read afresh from the token. Re-entrant."""
+    def exclusive(self, *, initializing: bool = False) -> Iterator[Heads]:
+        """Hold the deployment's state lock; yields the heads read afresh from the token. Re-entrant.
+
+        HeadsInvalid when the token holds no state object, except for `init` (`initializing`): a token that
+        cannot show its objects for a while (its files unreadable, a device half reset) must never have its heads
+        started over from nothing."""
         with self._thread_lock:
             if self._depth:
                 self._depth += 1
                 try:
-                    yield self.read(fresh=True)
+                    yield self._fresh(initializing)
                 finally:
                     self._depth -= 1
                 return
@@ -97,10 +101,16 @@ class TokenState:
             self._depth = 1
             try:
                 with self._advisory():
-                    yield self.read(fresh=True)
+                    yield self._fresh(initializing)
             finally:
                 self._depth = 0
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _fresh(self, initializing: bool) -> Heads:
+        heads = self.read(fresh=True)
+        if heads.version == 0 and not initializing:
+            raise HeadsInvalid(f"the HSM token holds no state object {self.label!r}: run `appliance init`")
+        return heads
 
     def write(self, heads: Heads) -> None:
         """Replace the state object (only inside exclusive(), with heads derived from the ones it yielded)."""

@@ -65,8 +65,12 @@ def append(conn: Connection, action: str, entry: bytes, now: int, locked: TreeHe
 
 
 def touch_head(conn: Connection) -> None:
-    """A durable no-op write of the head row: fails on a read-only or full store (readiness probe)."""
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(size=audit_head.c.size))
+    """A durable write that changes nothing: fails on a read-only or full store (readiness probe).
+
+    The head row is changed and changed back in one transaction: SQLite writes nothing for an update to the
+    same value (a full disk would then go unnoticed), and a row changed twice is a page it must log."""
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(size=audit_head.c.size + 1))
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(size=audit_head.c.size - 1))
 
 
 def lock_head(conn: Connection) -> TreeHead:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -255,11 +256,10 @@ def test_config_errors_are_clear_and_non_zero(tmp_path: Path) -> None:
     assert "appliance.toml: hsm.token_label" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_wrong_pin_missing_token_and_missing_key_are_clear(service: Service, tmp_path: Path) -> None:
+def test_wrong_pin_and_missing_key_are_clear_and_refused(service: Service, tmp_path: Path) -> None:
     base = Path(service.dev["config"]).read_text()
     cases = {
         "wrong-pin": (base.replace('pin_file = "hsm-pin"', 'pin_file = "wrong-pin"'), "PIN"),
-        "no-token": (base.replace('token_label = "appliance-dev"', 'token_label = "no-such-token"'), "no token"),
         "no-key": (base.replace('mint = "mint-secp256k1"', 'mint = "no-such-key"'), "no-such-key"),
     }
     (service.directory / "wrong-pin").write_text("0000\n")
@@ -272,6 +272,28 @@ def test_wrong_pin_missing_token_and_missing_key_are_clear(service: Service, tmp
         assert "Traceback" not in out.stderr, name
         serve = run("--config", str(cfg), "serve", "--listen", f"127.0.0.1:{free_port()}", check=False)
         assert serve.returncode != 0 and "refusing to serve" in serve.stderr, name
+
+
+def test_a_token_that_is_not_there_is_clear_and_served_unready(service: Service, tmp_path: Path) -> None:
+    """A token the module does not show (yet) is waited for: `check` says so (exit 3) and `serve` starts, unready,
+    with 503 and /readyz naming the token, instead of refusing (a token being restored must not need a restart)."""
+    cfg = service.directory / "no-token.toml"
+    cfg.write_text(Path(service.dev["config"]).read_text().replace('token_label = "appliance-dev"',
+                                                                   'token_label = "no-such-token"'))
+    out = run("--config", str(cfg), "check", check=False)
+    assert out.returncode == 3 and "no token" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    proc, url = serve_process(cfg, tmp_path / "unready.log", env, ready=False)
+    try:
+        try:
+            urllib.request.urlopen(url + "/readyz", timeout=10)  # noqa: S310
+            raise AssertionError("ready without its token")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and "no token" in exc.read().decode()
+        assert "serving unready" in (tmp_path / "unready.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_policy_change_and_cancellation_through_the_cli(service: Service, tmp_path: Path) -> None:

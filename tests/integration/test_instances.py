@@ -64,7 +64,11 @@ def _instance(config_path: str, clock_offset: float, rounds: list[tuple[str, str
             return hsm_sign(spec, data)
 
         app_ctx.hsm.sign = counting_sign  # type: ignore[method-assign]
-        client = create_app(app_ctx).test_client()
+        from tests.helpers import reading
+        from tests.served import reader
+
+        client = reading(create_app(app_ctx)).test_client()
+        client.reader = reader(Path(config_path).parent / "operators" / "grace.pem")  # type: ignore[attr-defined]
         # warm up before the race: PKCS#11 session and the mint key's public point, the engine's pool, the policy
         address = app_ctx.mint_signer.address
         assert client.get(f"/v1/mint-requests/{rounds[0][1]}").status_code == 200
