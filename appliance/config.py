@@ -112,6 +112,7 @@ DEFAULT_CLIENT_WRITES_PER_SECOND = 50.0
 DEFAULT_CLIENT_AUTH_FAILURES_BURST = 20
 AUTH_FAILURE_REFILL_SECONDS = 5.0
 DEFAULT_BODY_READ_SECONDS = 20.0  # a request body must arrive within this (408 otherwise)
+DEFAULT_HEADER_READ_SECONDS = 10.0  # a request line and its headers must arrive within this (connection closed)
 DEFAULT_CLIENT_WRITES_IN_PROGRESS = 4  # per client address and process: a trickler holds at most this many threads
 
 
@@ -159,6 +160,7 @@ class Settings:
     client_writes_per_second: float = DEFAULT_CLIENT_WRITES_PER_SECOND
     client_auth_failures_burst: int = DEFAULT_CLIENT_AUTH_FAILURES_BURST
     body_read_seconds: float = DEFAULT_BODY_READ_SECONDS
+    header_read_seconds: float = DEFAULT_HEADER_READ_SECONDS
     client_writes_in_progress: int = DEFAULT_CLIENT_WRITES_IN_PROGRESS
     console: Console = field(default_factory=lambda: Console(True, Path("console.secret"),
                                                               DEFAULT_CONSOLE_IDLE_SECONDS))
@@ -252,7 +254,7 @@ _ALLOWED: dict[str, set[str] | None] = {
     "service": {"listen", "workers", "threads", "max_body_bytes", "max_attestation_body_bytes",
                 "metrics_dir", "tls_cert_file", "tls_key_file", "tls_client_ca_file", "allow_plaintext",
                 "reservation_takeover_seconds", "client_writes_per_second", "client_auth_failures_burst",
-                "body_read_seconds", "client_writes_in_progress"},
+                "body_read_seconds", "header_read_seconds", "client_writes_in_progress"},
     "issuer": {"name", "token_symbol", "token_name", "token_decimals", "currency"},
     "eip712": {"name", "version"},
     "chains": None,
@@ -385,6 +387,8 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
                                              DEFAULT_CLIENT_WRITES_PER_SECOND, check=_positive) or 1),
         body_read_seconds=float(r.get("service.body_read_seconds", float, DEFAULT_BODY_READ_SECONDS,
                                       check=_positive) or DEFAULT_BODY_READ_SECONDS),
+        header_read_seconds=float(r.get("service.header_read_seconds", float, DEFAULT_HEADER_READ_SECONDS,
+                                        check=_positive) or DEFAULT_HEADER_READ_SECONDS),
         client_writes_in_progress=r.get("service.client_writes_in_progress", int,
                                         DEFAULT_CLIENT_WRITES_IN_PROGRESS, check=_positive),
         client_auth_failures_burst=r.get("service.client_auth_failures_burst", int,

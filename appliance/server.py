@@ -8,10 +8,12 @@ mode everywhere. Nothing here touches the HSM in the master process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+from appliance import slow_headers
 
 log = logging.getLogger("appliance.server")
 METRICS_PREFIX = "appliance-metrics-"  # + the serving pid: the default PROMETHEUS_MULTIPROC_DIR of a run
@@ -32,6 +36,7 @@ def build_wsgi(config_path: str) -> Any:
     from appliance.services import context, keys, lifecycle
 
     settings = config.load(config_path)
+    slow_headers.deadline = settings.header_read_seconds
     app_ctx = context.build(settings)
     drain_on_stop(app_ctx.hsm)
     unready = keys.check_at_start(app_ctx)  # refuses an unfit key or a refused PIN; an absent HSM is waited for
@@ -45,11 +50,23 @@ def build_wsgi(config_path: str) -> Any:
 def closing_on_request(app: Any) -> Any:
     """The WSGI app, with `environ["appliance.close_connection"]`: a callable that makes gunicorn close this
     connection after the response (the response object is what its start_response belongs to). Gunicorn drops a
-    `Connection` header set by the application, so this is how a response says "no keep-alive"."""
+    `Connection` header set by the application, so this is how a response says "no keep-alive". It also shuts the
+    socket's read side: what the client still sends is never read, and gunicorn's graceful close (which drains
+    the socket for up to 2 s on its main thread) finds nothing to wait for. Reaching the app also means the
+    request's headers arrived: their deadline (slow_headers) is lifted."""
 
     def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
-        close = getattr(getattr(start_response, "__self__", None), "force_close", None)
-        if close is not None:
+        slow_headers.headers_read()
+        force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+        if force_close is not None:
+            sock = environ.get("gunicorn.socket")
+
+            def close() -> None:
+                force_close()
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RD)
+
             environ["appliance.close_connection"] = close
         return app(environ, start_response)
 
@@ -95,8 +112,9 @@ class Server(BaseApplication):  # type: ignore[misc]
     def __init__(self, config_path: str, listen: str, workers: int, threads: int, max_body: int,
                  tls: dict[str, Any] | None = None) -> None:
         self.config_path = config_path
-        self.options = {"bind": listen, "workers": workers, "threads": threads, "worker_class": "gthread",
-                        "preload_app": False, "timeout": 60, "graceful_timeout": 10,
+        self.options = {"bind": listen, "workers": workers, "threads": threads,
+                        "worker_class": "appliance.slow_headers.HeaderTimedWorker", "preload_app": False,
+                        "timeout": 60, "graceful_timeout": 10,
                         "limit_request_field_size": 8190, "accesslog": "-", "errorlog": "-",
                         "loglevel": "info", **(tls or {})}
         super().__init__()

@@ -1,8 +1,9 @@
 """Slow clients against `appliance serve`: N connections from one address each send a POST's headers, then its
-body at one byte a second (half of them as JSON, half without a content type); meanwhile /healthz is probed every
-half second with a 2 s timeout. Prints each probe and how the trickling requests were answered.
+body at one byte a second (half of them as JSON, half without a content type), or (`headers`) a request line
+and then its headers at one byte a second, reconnecting when closed; meanwhile /healthz is probed every half
+second with a 2 s timeout. Prints each probe and how the trickling requests were answered.
 
-    python -m bench.slow_clients [N]        # N defaults to 64
+    python -m bench.slow_clients [N] [bodies|headers]        # N defaults to 64
 """
 
 from __future__ import annotations
@@ -37,8 +38,28 @@ def _trickle(port: int, as_json: bool, stop: threading.Event) -> None:
         time.sleep(1)
 
 
+def _trickle_headers(port: int, _as_json: bool, stop: threading.Event, closed: list[int]) -> None:
+    while not stop.is_set():
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(1)
+        while not stop.is_set():
+            try:
+                sock.sendall(b"a")
+                if sock.recv(1) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        closed.append(1)
+        sock.close()
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    headers = len(sys.argv) > 2 and sys.argv[2] == "headers"
+    closed: list[int] = []
     directory = Path(tempfile.mkdtemp()) / "dev"
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     made = subprocess.run([*APPLIANCE, "dev-init", str(directory), "--json"], capture_output=True, text=True,
@@ -47,7 +68,10 @@ def main() -> None:
     stop = threading.Event()
     port = int(url.rsplit(":", 1)[1])
     for i in range(count):
-        threading.Thread(target=_trickle, args=(port, i % 2 == 1, stop), daemon=True).start()
+        if headers:
+            threading.Thread(target=_trickle_headers, args=(port, False, stop, closed), daemon=True).start()
+        else:
+            threading.Thread(target=_trickle, args=(port, i % 2 == 1, stop), daemon=True).start()
     time.sleep(1)
     started, failed, last_failure = time.monotonic(), 0, 0.0
     for _ in range(PROBES):
@@ -63,8 +87,8 @@ def main() -> None:
     stop.set()
     answered = collections.Counter(line.split('" ')[1].split()[0] for line in (directory / "serve.log").open()
                                    if '"POST ' in line)
-    print(f"{count} trickling requests answered: {dict(answered)}; {failed} of {PROBES} probes failed, the last "
-          f"at {last_failure:.1f} s")
+    what = f"header connections closed by the server: {len(closed)}" if headers else f"answered: {dict(answered)}"
+    print(f"{count} trickling clients, {what}; {failed} of {PROBES} probes failed, the last at {last_failure:.1f} s")
     proc.terminate()
     proc.wait(20)
     shutil.rmtree(directory.parent, ignore_errors=True)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance.services.mint import MAX_LIST, STATUSES
+
 PROBLEM = {"description": "Problem details (RFC 9457)",
            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 def _op(summary: str, ok: str = "OK", ok_type: str = "application/json", errors: tuple[int, ...] = (400,),
-        body: str | None = None, params: list[dict[str, Any]] | None = None, read: bool = False) -> dict[str, Any]:
+        body: str | None = None, params: list[dict[str, Any]] | None = None, read: bool = False,
+        created: bool | str = False, links: dict[str, Any] | None = None) -> dict[str, Any]:
+    ok_codes = ("201", "200") if created == "both" else ("201",) if created else ("200",)
     op: dict[str, Any] = {"summary": summary,
-                          "responses": {"200": {"description": ok, "content": {ok_type: {}}},
+                          "responses": {**{code: {"description": ok, "content": {ok_type: {}}} for code in ok_codes},
                                         **{str(code): PROBLEM for code in errors}}}
+    if links:
+        for code in ok_codes:
+            op["responses"][code]["links"] = links
     if read:  # for enrolled operators: a read token (api/access.py)
         op["security"] = [{"readToken": []}]
         op["responses"].update({"401": PROBLEM, "403": PROBLEM, "429": PROBLEM})
@@ -48,8 +55,19 @@ READ_TOKEN = {
 }
 
 
-def _q(name: str, required: bool = True) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "schema": {"type": "integer", "minimum": 0}}
+def _q(name: str, required: bool = True, minimum: int = 0, maximum: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+# where a created mint request leads: its own view, and its approvals (stateful testing follows these)
+REQUEST_LINKS = {
+    "GetRequest": {"operationId": "getMintRequest", "parameters": {"id": "$response.body#/id"}},
+    "ApproveRequest": {"operationId": "approveMintRequest", "parameters": {"id": "$response.body#/id"}},
+    "GetAuthorization": {"operationId": "getMintAuthorization", "parameters": {"id": "$response.body#/id"}},
+}
 
 
 def _p(name: str, kind: str = "string") -> dict[str, Any]:
@@ -76,23 +94,27 @@ def document() -> dict[str, Any]:
         "/v1/audit/proof/consistency": {"get": _op("RFC 9162 consistency proof", errors=(400, 404),
                                                    params=[_q("old"), _q("new")])},
         "/v1/mint-requests": {
-            "get": _op("List mint requests", params=[{"name": "status", "in": "query", "required": False,
-                                                      "schema": {"type": "string"}}], read=True),
-            "post": _op("Create a mint request", errors=(400, 401, 403, 409, 415, 422, 503),
-                        body="{\"jws\": compact JWS by the requesting operator}")},
-        "/v1/mint-requests/{id}": {"get": _op("One mint request", errors=(404,), params=[_p("id")], read=True)},
+            "get": _op("List mint requests", read=True,
+                       params=[{"name": "status", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": list(STATUSES)}},
+                               _q("limit", False, 1, MAX_LIST), _q("offset", False)]),
+            "post": _op("Create a mint request", errors=(400, 401, 403, 409, 415, 422, 503), created=True,
+                        body="{\"jws\": compact JWS by the requesting operator}", links=REQUEST_LINKS)},
+        "/v1/mint-requests/{id}": {"get": {**_op("One mint request", errors=(400, 404), params=[_p("id")], read=True),
+                                            "operationId": "getMintRequest"}},
         "/v1/mint-requests/{id}/approvals": {
-            "post": _op("Approve or reject", errors=(400, 401, 403, 404, 409, 415, 422, 503),
-                        body="{\"jws\": compact JWS by the approver}", params=[_p("id")])},
+            "post": {**_op("Approve or reject", errors=(400, 401, 403, 404, 409, 415, 422, 503), created=True,
+                           body="{\"jws\": compact JWS by the approver}", params=[_p("id")]),
+                     "operationId": "approveMintRequest"}},
         "/v1/mint-requests/{id}/cancel": {
             "post": _op("Cancel a pending request", errors=(400, 401, 403, 404, 409, 415),
                         body="{\"jws\": compact JWS by the requester or a security admin}", params=[_p("id")])},
         "/v1/mint-requests/{id}/authorization": {
-            "get": _op("The EIP-712 authorization once issued", errors=(404, 409, 503), params=[_p("id")],
-                   read=True)},
+            "get": {**_op("The EIP-712 authorization once issued", errors=(400, 404, 409, 503), params=[_p("id")],
+                          read=True), "operationId": "getMintAuthorization"}},
         "/v1/attestations": {
-            "get": _op("Attestations, newest first", params=[_q("limit", False), _q("before", False)]),
-            "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503),
+            "get": _op("Attestations, newest first", params=[_q("limit", False, 1, MAX_LIST), _q("before", False, 1)]),
+            "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503), created="both",
                         body="{\"jws\": compact JWS by an auditor operator over the inputs}")},
         "/v1/attestations/latest": {"get": _op("Latest attestation (compact JWS)", ok_type="application/jose",
                                                errors=(404,))},
@@ -102,14 +124,16 @@ def document() -> dict[str, Any]:
         "/v1/policy/history": {"get": _op("The anchored activation history with every proposal and vote JWS, for a "
                                           "client that verifies it from its own pinned trust anchor",
                                           errors=(503,), read=True)},
-        "/v1/policy/proposals": {"post": _op("Propose a policy bundle", errors=(400, 401, 403, 409, 415),
+        "/v1/policy/proposals": {"post": _op("Propose a policy bundle", errors=(400, 401, 403, 409, 415, 422),
+                                             created=True,
                                              body="{\"jws\": compact JWS by a security admin}")},
         "/v1/policy/proposals/{id}/approvals": {
-            "post": _op("Approve a policy bundle", errors=(400, 401, 403, 404, 409, 415),
+            "post": _op("Approve a policy bundle", errors=(400, 401, 403, 404, 409, 415, 422), created=True,
                         body="{\"jws\": compact JWS by a security admin}", params=[_p("id")])},
         "/v1/security-keys/invitations": {
             "post": _op("A registration link for an officer (a security admin's JWS naming them)",
-                        errors=(400, 401, 403, 409, 415), body="{\"jws\": compact JWS by a security admin}")},
+                        errors=(400, 401, 403, 409, 415), body="{\"jws\": compact JWS by a security admin}",
+                        created=True)},
         "/v1/security-keys/registrations": {"get": _op("Security keys registered and waiting for enrolment",
                                                          errors=(503,), read=True)},
     }

@@ -1,6 +1,7 @@
 """Clients that send slowly, against `appliance serve`: a body trickled in is cut at `[service] body_read_seconds`
-(408, connection closed), and a write refused before its body was read closes its connection, so the rest of
-that body is never parsed as a next request that would hold a thread for as long as it trickles."""
+(408, connection closed), headers trickled in are cut at `header_read_seconds` (connection closed), and a write
+refused before its body was read closes its connection, so the rest of that body is never parsed as a next
+request that would hold a thread for as long as it trickles."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     made = subprocess.run([*APPLIANCE, "dev-init", str(directory), "--json"], capture_output=True, text=True,
                           env=env, timeout=120, check=True)
     config = Path(json.loads(made.stdout)["config"])
-    config.write_text(config.read_text().replace("max_body_bytes = 1048576",
-                                                 "max_body_bytes = 1048576\nbody_read_seconds = 2"))
+    config.write_text(config.read_text().replace(
+        "max_body_bytes = 1048576", "max_body_bytes = 1048576\nbody_read_seconds = 2\nheader_read_seconds = 2"))
     proc, served = serve(config, directory / "serve.log", env)
     yield served
     proc.terminate()
@@ -77,3 +78,44 @@ def test_a_write_refused_before_its_body_is_read_closes_the_connection(url: str)
     assert answer.startswith(b"HTTP/1.1 415"), answer[:200]
     assert b"Connection: close" in answer
     sock.close()
+
+
+def test_trickled_headers_are_cut_and_probes_are_answered_meanwhile(url: str) -> None:
+    """40 connections (more than the server's 16 threads) send a request line and then one header byte every
+    0.3 s: each is closed at header_read_seconds (2 s here), and /healthz is answered while they trickle."""
+    tricklers = []
+    for _ in range(40):
+        sock = _connect(url)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(0.05)
+        tricklers.append(sock)
+    started = time.monotonic()
+    closed_at: dict[int, float] = {}
+    probes: list[float] = []
+    next_probe = started + 0.5
+    while len(closed_at) < len(tricklers) and time.monotonic() - started < 15:
+        for i, sock in enumerate(tricklers):
+            if i in closed_at:
+                continue
+            try:
+                sock.sendall(b"a")
+                if sock.recv(1) == b"":
+                    closed_at[i] = time.monotonic() - started
+            except TimeoutError:
+                pass
+            except OSError:
+                closed_at[i] = time.monotonic() - started
+        if time.monotonic() >= next_probe:
+            probe_started = time.monotonic()
+            probe = _connect(url)
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _response(probe).startswith(b"HTTP/1.1 200"), "a probe was not answered"
+            probe.close()
+            probes.append(time.monotonic() - probe_started)
+            next_probe = time.monotonic() + 0.5
+        time.sleep(0.3)
+    for sock in tricklers:
+        sock.close()
+    assert len(closed_at) == len(tricklers), f"{len(tricklers) - len(closed_at)} trickling connections still open"
+    assert max(closed_at.values()) < 5, sorted(closed_at.values())
+    assert probes and max(probes) < 2, probes  # the trickling connections hold no thread
