@@ -179,7 +179,53 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _LEAKS:
+        terminalreporter.write_sep("!", "secrets found in the logs of this session (the run fails)")
+        for leak in _LEAKS:
+            terminalreporter.write_line(leak)
     if _PART_SECONDS:
         terminalreporter.write_sep("-", "seconds per part of the suite (setup + call + teardown)")
         for part, seconds in sorted(_PART_SECONDS.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"{part:<14} {seconds:8.1f}")
+
+
+# -- no secret in any log the suite produced (checked when the session ends; a leak fails the run) ------------
+
+def _secrets_under(base: Path) -> set[str]:
+    found = {TEST_PIN, "so-" + TEST_PIN}
+    for name in ("hsm-pin", "so-pin", "liabilities.secret", "console.secret"):
+        for path in base.rglob(name):
+            value = path.read_text(errors="replace").strip()
+            if len(value) >= 6:
+                found.add(value)
+    for pem in base.rglob("operators/*.pem"):  # the officers' private keys, line by line
+        found.update(line for line in pem.read_text(errors="replace").splitlines()
+                     if len(line) >= 40 and not line.startswith("-----"))
+    return found
+
+
+def leaked_secrets(base: Path) -> list[str]:
+    """(log file, secret prefix) of every secret of the session found in a log file under `base`."""
+    secrets_ = _secrets_under(base)
+    leaks = []
+    for log in [*base.rglob("*.log"), *base.rglob("*.out")]:
+        text = log.read_text(errors="replace")
+        leaks += [f"{log.relative_to(base)}: {s[:6]}..." for s in secrets_ if s in text]
+    return leaks
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    try:
+        base = factory.getbasetemp()
+    except (OSError, ValueError):
+        return
+    leaks = leaked_secrets(Path(base))
+    _LEAKS.extend(leaks)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_LEAKS: list[str] = []

@@ -50,7 +50,8 @@ class Appliance:
         self.mint_signer = HsmSigner(self.hsm, KeySpec(h.mint_key, Curve.SECP256K1))
         self.attestation_signer = HsmSigner(self.hsm, KeySpec(h.attestation_key, Curve.P256))
         self.audit_signer = HsmSigner(self.hsm, KeySpec(h.audit_key, Curve.ED25519))
-        self.token = TokenState(self.hsm, h.policy_anchor, self.settings.data_dir / "token-state.lock", self.db)
+        self.token = TokenState(self.hsm, h.policy_anchor, self.settings.data_dir / "token-state.lock", self.db,
+                                key_label=h.mint_key)
 
     @property
     def key_specs(self) -> list[KeySpec]:

@@ -139,6 +139,8 @@ class PolicyService:
         """The bundles of the activation history `rows`, each checked back to the anchor (PolicyHistoryInvalid)."""
         anchor = self.anchor()
         if anchor is None:
+            if self.app.token.blind():  # the token cannot show its objects now: an outage, not a broken history
+                raise self.app.token.missing(f"policy anchor {self.app.settings.hsm.policy_anchor!r}")
             self._integrity_failure()
             raise PolicyHistoryInvalid(f"the HSM token holds no policy anchor "
                                        f"{self.app.settings.hsm.policy_anchor!r}: run `appliance init`")

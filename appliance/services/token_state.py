@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import Connection
 
 from appliance.domain.heads import Heads, HeadsInvalid, newest
-from appliance.errors import StorageUnavailable
+from appliance.errors import ApplianceError, HsmUnavailable, StorageUnavailable
 from appliance.hsm import Hsm
 from appliance.store.db import Database
 
@@ -34,9 +34,10 @@ KNOWN_FOR = 0.25  # seconds: how long heads read or written by this process are 
 
 
 class TokenState:
-    def __init__(self, hsm: Hsm, anchor_label: str, lock_file: Path, db: Database) -> None:
+    def __init__(self, hsm: Hsm, anchor_label: str, lock_file: Path, db: Database, key_label: str = "") -> None:
         self.hsm = hsm
         self.anchor_label = anchor_label
+        self.key_label = key_label  # a key the token always holds once `init` ran (see blind)
         self.label = anchor_label + ".state"
         self.lock_file = lock_file
         self.db = db
@@ -73,11 +74,30 @@ class TokenState:
         return heads
 
     def require(self) -> Heads:
-        """read(), HeadsInvalid when `init` never wrote the state (the appliance must not run without it)."""
+        """read(), HeadsInvalid when `init` never wrote the state (the appliance must not run without it), or
+        HsmUnavailable when the token shows none of its objects right now (see blind)."""
         heads = self.read()
         if heads.version == 0:
-            raise HeadsInvalid(f"the HSM token holds no state object {self.label!r}: run `appliance init`")
+            raise self.missing(f"state object {self.label!r}")
         return heads
+
+    def blind(self) -> bool:
+        """Whether the token shows none of the appliance's objects right now, not even its key: its files cannot
+        be read, or it is being restored. An object missing from such a token says nothing about the store."""
+        if not self.key_label:
+            return False
+        try:
+            return not self.hsm.has_key(self.key_label)
+        except ApplianceError:
+            return True
+
+    def missing(self, what: str) -> ApplianceError:
+        """The error for a token object `what` that is not there: HsmUnavailable while the token is blind,
+        HeadsInvalid (run `init`) otherwise."""
+        if self.blind():
+            return HsmUnavailable(f"the HSM token shows none of its objects right now ({what} not found, nor the "
+                                  f"key {self.key_label!r}): are its files readable?")
+        return HeadsInvalid(f"the HSM token holds no {what}: run `appliance init`")
 
     # -- advancing ----------------------------------------------------------------------------------------------
 
@@ -109,7 +129,7 @@ class TokenState:
     def _fresh(self, initializing: bool) -> Heads:
         heads = self.read(fresh=True)
         if heads.version == 0 and not initializing:
-            raise HeadsInvalid(f"the HSM token holds no state object {self.label!r}: run `appliance init`")
+            raise self.missing(f"state object {self.label!r}")
         return heads
 
     def write(self, heads: Heads) -> None:
