@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -64,3 +66,18 @@ def signed_get(url: str, path: str, key: str | Path) -> urllib.request.Request:
     """A GET of `path` carrying the read token of the operator key at `key` (reads of requests and policy
     details are for enrolled operators)."""
     return urllib.request.Request(url + path, headers={"Authorization": reader(key)("GET", path)})  # noqa: S310
+
+
+def call(url: str, method: str, path: str, body: Any = None, key: Any = None,
+         timeout: float = 30) -> tuple[int, bytes]:
+    """(status, raw body) of one request to a served instance: a write sends `body` as JSON, a read carries the
+    read token of the operator key `key` (see reader). An HTTP error status is returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if data else (
+        {"Authorization": reader(key)(method, path)} if key is not None else {})
+    req = urllib.request.Request(url + path, data=data, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

@@ -44,7 +44,7 @@ from appliance.domain import messages
 from appliance.operator import load_key, sign_request, sign_reserve_report
 from appliance.store import tables
 from tests.adversarial import test_every_row as sweep
-from tests.served import APPLIANCE, reader, serve
+from tests.served import APPLIANCE, call, serve
 
 pytestmark = pytest.mark.slow
 
@@ -141,15 +141,7 @@ class World:
             return list(result) if result.returns_rows else []
 
     def http(self, what: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.svc.url + path, data=data, method=method,  # noqa: S310
-                                     headers={"Content-Type": "application/json"} if data else
-                                     {"Authorization": reader(self.svc.key("grace"))(method, path)})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
+        status, raw = call(self.svc.url, method, path, body, self.svc.key("grace"))
         try:
             parsed = json.loads(raw)
         except ValueError:

@@ -37,7 +37,7 @@ from eth_account.messages import encode_typed_data
 
 from appliance.domain.messages import TYP_MINT_APPROVAL, TYP_MINT_REQUEST
 from appliance.operator import load_key, sign_request
-from tests.served import APPLIANCE, reader, serve
+from tests.served import APPLIANCE, call, serve
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -131,15 +131,7 @@ class Served:
             self.proc.wait(30)
 
     def http(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data else {"Authorization": reader(self.key("grace"))(
-            method, path)}
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)  # noqa: S310
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
+        status, raw = call(self.url, method, path, body, self.key("grace"))
         try:
             return status, json.loads(raw)
         except ValueError:
