@@ -20,7 +20,7 @@ from appliance import config
 from appliance.api import create_app
 from appliance.domain import jose, reads
 from appliance.domain.messages import TYP_RESERVE_REPORT
-from appliance.operator import SoftwareSigner, load_key
+from appliance.operator import SoftwareSigner, load_key, read_authorization
 from appliance.services import auth, context
 from appliance.services.context import Appliance
 from tests.authenticator import SoftAuthenticator
@@ -79,10 +79,8 @@ class Harness:
 
     def read_token(self, name: str, method: str, target: str, iat: int | None = None) -> str:
         """`Bearer <jws>`: `name`'s read token for `method target` (see domain/reads.py)."""
-        signer = self.signer(name)
-        body = reads.claims(method, target, int(self.clock()) if iat is None else iat)
-        head = {"alg": signer.alg, "kid": signer.key_id, "typ": reads.TYP_READ}
-        return f"Bearer {jose.sign_compact(head, json.dumps(body).encode(), signer.sign)}"
+        clock = self.clock if iat is None else (lambda: float(iat))
+        return read_authorization(self.signer(name), clock)(method, target)
 
     def signer(self, name: str) -> SoftwareSigner:
         if name not in self.signers:

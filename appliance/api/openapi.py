@@ -12,8 +12,7 @@ PROBLEM = {"description": "Problem details (RFC 9457)",
 
 def _op(summary: str, ok: str = "OK", ok_type: str = "application/json", errors: tuple[int, ...] = (400,),
         body: str | None = None, params: list[dict[str, Any]] | None = None, read: bool = False,
-        created: bool | str = False, links: dict[str, Any] | None = None) -> dict[str, Any]:
-    ok_codes = ("201", "200") if created == "both" else ("201",) if created else ("200",)
+        ok_codes: tuple[str, ...] = ("200",), links: dict[str, Any] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary,
                           "responses": {**{code: {"description": ok, "content": {ok_type: {}}} for code in ok_codes},
                                         **{str(code): PROBLEM for code in errors}}}
@@ -53,6 +52,9 @@ READ_TOKEN = {
     "bearerFormat": "compact JWS of typ read+jws by an enrolled operator's key, payload {htm, htu, iat}: htu is the "
                     "path and query exactly as sent, iat within 120 s",
 }
+
+
+CREATED = ("201",)
 
 
 def _q(name: str, required: bool = True, minimum: int = 0, maximum: int | None = None) -> dict[str, Any]:
@@ -98,12 +100,12 @@ def document() -> dict[str, Any]:
                        params=[{"name": "status", "in": "query", "required": False,
                                 "schema": {"type": "string", "enum": list(STATUSES)}},
                                _q("limit", False, 1, MAX_LIST), _q("offset", False)]),
-            "post": _op("Create a mint request", errors=(400, 401, 403, 409, 415, 422, 503), created=True,
+            "post": _op("Create a mint request", errors=(400, 401, 403, 409, 415, 422, 503), ok_codes=CREATED,
                         body="{\"jws\": compact JWS by the requesting operator}", links=REQUEST_LINKS)},
         "/v1/mint-requests/{id}": {"get": {**_op("One mint request", errors=(400, 404), params=[_p("id")], read=True),
                                             "operationId": "getMintRequest"}},
         "/v1/mint-requests/{id}/approvals": {
-            "post": {**_op("Approve or reject", errors=(400, 401, 403, 404, 409, 415, 422, 503), created=True,
+            "post": {**_op("Approve or reject", errors=(400, 401, 403, 404, 409, 415, 422, 503), ok_codes=CREATED,
                            body="{\"jws\": compact JWS by the approver}", params=[_p("id")]),
                      "operationId": "approveMintRequest"}},
         "/v1/mint-requests/{id}/cancel": {
@@ -114,8 +116,8 @@ def document() -> dict[str, Any]:
                           read=True), "operationId": "getMintAuthorization"}},
         "/v1/attestations": {
             "get": _op("Attestations, newest first", params=[_q("limit", False, 1, MAX_LIST), _q("before", False, 1)]),
-            "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503), created="both",
-                        body="{\"jws\": compact JWS by an auditor operator over the inputs}")},
+            "post": _op("Sign a reserve attestation", errors=(400, 401, 403, 409, 415, 422, 503),
+                        ok_codes=("201", "200"), body="{\"jws\": compact JWS by an auditor operator over the inputs}")},
         "/v1/attestations/latest": {"get": _op("Latest attestation (compact JWS)", ok_type="application/jose",
                                                errors=(404,))},
         "/v1/attestations/{seq}": {"get": _op("One attestation (compact JWS)", ok_type="application/jose",
@@ -125,15 +127,15 @@ def document() -> dict[str, Any]:
                                           "client that verifies it from its own pinned trust anchor",
                                           errors=(503,), read=True)},
         "/v1/policy/proposals": {"post": _op("Propose a policy bundle", errors=(400, 401, 403, 409, 415, 422),
-                                             created=True,
+                                             ok_codes=CREATED,
                                              body="{\"jws\": compact JWS by a security admin}")},
         "/v1/policy/proposals/{id}/approvals": {
-            "post": _op("Approve a policy bundle", errors=(400, 401, 403, 404, 409, 415, 422), created=True,
+            "post": _op("Approve a policy bundle", errors=(400, 401, 403, 404, 409, 415, 422), ok_codes=CREATED,
                         body="{\"jws\": compact JWS by a security admin}", params=[_p("id")])},
         "/v1/security-keys/invitations": {
             "post": _op("A registration link for an officer (a security admin's JWS naming them)",
                         errors=(400, 401, 403, 409, 415), body="{\"jws\": compact JWS by a security admin}",
-                        created=True)},
+                        ok_codes=CREATED)},
         "/v1/security-keys/registrations": {"get": _op("Security keys registered and waiting for enrolment",
                                                          errors=(503,), read=True)},
     }

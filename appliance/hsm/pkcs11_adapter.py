@@ -177,6 +177,9 @@ class _Transient(Exception):
         self.error = error
 
 
+MISSING_KEY = "missing from the token (run `appliance init`)"  # check_keys' problem for a key that is not there
+
+
 class PinRejected(ConfigError):
     """The token refused the PIN (or it is locked): never retried on its own, each try counts toward a lockout."""
 
@@ -519,7 +522,7 @@ def check_keys(hsm: Hsm, specs: list[KeySpec]) -> None:
     problems = []
     for spec in specs:
         if not hsm.has_key(spec.label):
-            problems.append(Problem(spec.label, "missing from the token (run `appliance init`)"))
+            problems.append(Problem(spec.label, MISSING_KEY))
             continue
         for issue in hsm.attributes(spec.label).problems():
             problems.append(Problem(spec.label, issue))

@@ -7,6 +7,7 @@ from typing import Any
 
 from appliance.errors import ConfigError, HsmUnavailable
 from appliance.hsm import PinRejected, check_keys
+from appliance.hsm.pkcs11_adapter import MISSING_KEY
 from appliance.services.context import Appliance
 from appliance.signing import jwks
 
@@ -39,7 +40,6 @@ def check(app: Appliance) -> None:
     check_keys(app.hsm, app.key_specs)
 
 
-MISSING = "missing from the token"
 
 
 def check_at_start(app: Appliance) -> str | None:
@@ -57,7 +57,7 @@ def check_at_start(app: Appliance) -> str | None:
         # a key present but unfit, or one key of three absent (a label that names nothing): never serve like this;
         # a token that shows none of them (its files unreadable, being restored) is waited for
         if exc.problems and not (len(exc.problems) == len(app.key_specs)
-                                 and all(MISSING in p.message for p in exc.problems)):
+                                 and all(p.message == MISSING_KEY for p in exc.problems)):
             raise
         return exc.detail + "".join(f"; {p.location}: {p.message}" for p in exc.problems)
     except HsmUnavailable as exc:
