@@ -13,13 +13,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.client import Client
 from appliance.commands import ANCHOR, url_option
 from appliance.errors import ApplianceError, VerificationFailed
+
+if TYPE_CHECKING:  # the client (http, policy history) is imported by the commands that talk to a service
+    from appliance.client import Client
 
 EXIT_FAILED = 1
 EXIT_UNREADY = 3  # `check`: fit to serve, but the HSM cannot be used right now (module, token or keys not visible)
@@ -38,6 +40,8 @@ class Context:
     def client(self, timeout: float = 30.0, read_key: str | None = None) -> Client:
         """The service's client, verifying the policy history from the pinned trust anchor when one is set, and
         signing its reads with `read_key` (a command's own --key), else --read-key, else not at all."""
+        from appliance.client import Client
+
         ca_file, cert, key = self.tls
         reader = None
         if read_key or self.read_key:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.domain import patterns
 from appliance.errors import ConfigError, Problem
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _LISTEN = re.compile(r"^(?P<host>[^:\s]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
 
 
@@ -334,7 +334,7 @@ def parse(data: Mapping[str, Any], file: Path) -> Settings:
         contract = entry.get("verifying_contract")
         if isinstance(cid, bool) or not isinstance(cid, int) or cid <= 0:
             r.fail(f"{where}.chain_id", "must be a positive integer")
-        elif not isinstance(contract, str) or not _ADDRESS.match(contract):
+        elif not isinstance(contract, str) or not patterns.ADDRESS.fullmatch(contract):
             r.fail(f"{where}.verifying_contract", "must be a 0x-prefixed 20-byte hex address")
         elif not _checksummed(contract):
             r.fail(f"{where}.verifying_contract", "must be EIP-55 checksummed")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from appliance.client import Client
+from appliance.domain import patterns
+
+if TYPE_CHECKING:
+    from appliance.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +40,7 @@ class AnchorType(click.ParamType[str]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", text):
+        if not patterns.HEX64.fullmatch(text):
             self.fail(f"{value!r} is not a policy bundle hash (64 hex digits)", param, ctx)
         return text
 

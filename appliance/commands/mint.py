@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.client import Client
 from appliance.commands import ID, url_option, warn_unpinned
-from appliance.domain import amounts, eip712, messages, present
+from appliance.domain import amounts, messages, present
 from appliance.errors import VerificationFailed
-from appliance.operator import (
-    check_enrolled,
-    check_requester_signed,
-    check_within_policy,
-    load_key,
-    sign_request,
-)
+
+# eip712 (keccak) and appliance.operator (keys, JWS, policy) are imported by the commands that sign or check, so
+# that `--help` and the group's listing stay fast
+if TYPE_CHECKING:
+    from appliance.client import Client
 
 
 @click.group()
@@ -30,6 +27,8 @@ def _client(ctx: click.Context, key: str | None = None) -> Client:
 
 
 def _operator(client: Client, name: str, key: str) -> Any:
+    from appliance.operator import check_enrolled, load_key
+
     signer = load_key(key)
     check_enrolled(signer, name, client.policy())
     return signer
@@ -114,6 +113,9 @@ def _amount(client: Client, amount: str, unit: str) -> str:
 def request(ctx: click.Context, operator: str, key: str, to: str, amount: str, unit: str, chain_id: int | None,
             as_json: bool) -> None:
     """Create a mint request; prints it in clear (amount in tokens and base units, validity in UTC)."""
+    from appliance.domain import eip712
+    from appliance.operator import sign_request
+
     client = _client(ctx, key)
     signer = _operator(client, operator, key)
     to = eip712.parse_address(to, "--to")
@@ -140,6 +142,9 @@ def approve(ctx: click.Context, request_id: str, operator: str, key: str, reject
             as_json: bool) -> None:
     """Show the request in clear, then sign and submit your approval (or rejection). REQUEST_ID may be a unique
     prefix of the id."""
+    from appliance.domain import eip712
+    from appliance.operator import check_requester_signed, check_within_policy, sign_request
+
     client = _client(ctx, key)
     signer = _operator(client, operator, key)
     request_id = _resolve(client, request_id)
@@ -215,6 +220,8 @@ def list_requests(ctx: click.Context, status: str | None, limit: int, as_json: b
 @click.pass_context
 def cancel(ctx: click.Context, request_id: str, operator: str, key: str, as_json: bool) -> None:
     """Cancel a pending request (its requester or a security admin); REQUEST_ID may be a unique prefix."""
+    from appliance.operator import sign_request
+
     client = _client(ctx, key)
     signer = _operator(client, operator, key)
     request_id = _resolve(client, request_id)

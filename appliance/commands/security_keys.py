@@ -8,8 +8,7 @@ import json
 import click
 
 from appliance.commands import url_option
-from appliance.domain import messages
-from appliance.domain.policy import NAME_PATTERN
+from appliance.domain import messages, patterns
 from appliance.operator import check_enrolled, load_key, sign_request
 
 
@@ -28,7 +27,7 @@ def security_keys() -> None:
 def invite(ctx: click.Context, name: str, operator: str, key: str, as_json: bool) -> None:
     """A link (valid for a day) with which officer NAME registers a security key in the console. The key counts
     once the governance quorum approves its enrolment (`appliance policy enrol`, then `policy approve`)."""
-    if not NAME_PATTERN.fullmatch(name):
+    if not patterns.NAME.fullmatch(name):
         raise click.BadParameter(f"{name!r} is not an officer name", param_hint="NAME")
     client = ctx.obj.client(read_key=key)
     signer = load_key(key)

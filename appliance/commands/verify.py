@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import click
 
-from appliance import verify as offline
 from appliance.errors import VerificationFailed
 
 
 @click.group("verify")
 def verify() -> None:
     """Offline verification with the published keys only."""
+
+
+def _offline() -> ModuleType:
+    """appliance.verify (JOSE, Merkle, signed notes), imported when a check runs, not for `--help`."""
+    from appliance import verify as offline
+
+    return offline
 
 
 def _read(path: Path) -> str:
@@ -56,7 +63,7 @@ def _report(ok: bool, as_json: bool, summary: dict[str, Any], failure: Verificat
 def attestation(file: Path, jwks_file: Path, prev_file: Path | None, as_json: bool) -> None:
     """Signature, kid, header, recomputed totals and coverage, and the link to --prev."""
     try:
-        payload = offline.verify_attestation(_read(file), _jwks(jwks_file), _read(prev_file) if prev_file else None)
+        payload = _offline().verify_attestation(_read(file), _jwks(jwks_file), _read(prev_file) if prev_file else None)
     except VerificationFailed as exc:
         _report(False, as_json, {"file": str(file)}, exc)
         return
@@ -75,7 +82,7 @@ def chain(directory: Path, jwks_file: Path, as_json: bool) -> None:
     if not tokens:
         raise click.ClickException(f"no *.jws files in {directory}")
     try:
-        payloads = offline.verify_chain(tokens, _jwks(jwks_file), [p.name for p in files])
+        payloads = _offline().verify_chain(tokens, _jwks(jwks_file), [p.name for p in files])
     except VerificationFailed as exc:
         _report(False, as_json, {"directory": str(directory)}, exc)
         return
@@ -93,7 +100,7 @@ def liability(proof_file: Path, attestation_file: Path, jwks_file: Path, as_json
     """A holder's balance is included in the liabilities of a signed attestation."""
     try:
         proof = json.loads(_read(proof_file))
-        payload = offline.verify_liability(proof, _read(attestation_file), _jwks(jwks_file))
+        payload = _offline().verify_liability(proof, _read(attestation_file), _jwks(jwks_file))
     except ValueError as exc:
         raise click.ClickException(f"{proof_file} is not JSON: {exc}") from exc
     except VerificationFailed as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from appliance.domain import patterns
 from appliance.errors import InvalidInput, Problem
 
 MAX_UINT256 = 2**256 - 1
@@ -15,7 +16,6 @@ MAX_DECIMALS = 18
 BPS = 10_000  # basis points in one whole (100 %)
 
 # [0-9] rather than \d: \d (like str.isdigit) also matches Arabic-Indic, fullwidth and other Unicode digits.
-_CANONICAL_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
 
 def _invalid(location: str, message: str) -> InvalidInput:
@@ -64,7 +64,7 @@ def parse_amount(value: object, location: str, *, allow_zero: bool = False, maxi
     """
     if not isinstance(value, str):
         raise _invalid(location, f"amounts are decimal strings of integer units (like \"1000000\"), not {_kind(value)}")
-    if not _CANONICAL_DECIMAL.fullmatch(value):
+    if not patterns.DECIMAL.fullmatch(value):
         raise _invalid(location, _diagnose(value))
     # Length first: without leading zeros more digits is a larger number, and huge strings never reach int().
     if len(value) > len(str(maximum)) or int(value) > maximum:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 import rfc8785
 
+from appliance.domain import patterns
 from appliance.domain.reserves import ReserveReport, SupplySnapshot
 from appliance.domain.rfc3339 import parse_utc as parse_utc
 from appliance.domain.rfc3339 import utc as utc
@@ -43,12 +43,7 @@ MAX_SUM = 2**128  # liabilities sums are 16 bytes (appliance.domain.liabilities.
 REQUIRED = ("version", "seq", "prev", "as_of", "issued_at", "issuer", "token", "currency", "reserves", "supply",
             "coverage_bps", "status", "liabilities", "evidence", "policy", "audit")
 
-_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_DIGITS = 100  # a verifier parses amounts from untrusted payloads: bound the work int() can be made to do
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_CONTRACT = re.compile(r"0x[0-9a-fA-F]{40}")
-_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+")
 
 
 # -- small shared pieces ----------------------------------------------------------------------------------------
@@ -60,7 +55,7 @@ def prev_digest(jws: str) -> str:
     if the text is not a compact JWS (three base64url parts), so a wrong file is not silently hashed.
     """
     token = jws.strip()
-    if not _JWS.fullmatch(token):
+    if not patterns.COMPACT_JWS.fullmatch(token):
         raise ValueError("not a compact JWS (three base64url parts separated by dots)")
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
@@ -171,7 +166,7 @@ def build_payload(report: ReserveReport, supply: SupplySnapshot, *, seq: int, pr
         raise ValueError("seq 1 has no previous attestation (prev_jws None) and every later seq has one")
     if not isinstance(issuer, str) or not issuer.strip():
         raise ValueError("issuer must be a non-empty string")
-    if not isinstance(policy_hash, str) or not _HEX64.fullmatch(policy_hash):
+    if not isinstance(policy_hash, str) or not patterns.HEX64.fullmatch(policy_hash):
         raise ValueError("policy_hash must be 64 lowercase hex digits (SHA-256)")
     if not isinstance(token, Mapping) or not all(isinstance(k, str) for k in token):
         raise ValueError("token must be a JSON object")
@@ -203,7 +198,7 @@ def build_payload(report: ReserveReport, supply: SupplySnapshot, *, seq: int, pr
 
 def _amount(value: object) -> int | None:
     """A canonical decimal string's integer, or None."""
-    if isinstance(value, str) and len(value) <= _MAX_DIGITS and _DECIMAL.fullmatch(value):
+    if isinstance(value, str) and len(value) <= _MAX_DIGITS and patterns.DECIMAL.fullmatch(value):
         return int(value)
     return None
 
@@ -249,7 +244,7 @@ def _liabilities_failures(liabilities: object) -> list[str]:
     if not isinstance(liabilities, Mapping) or set(liabilities) != {"root", "total", "leaves"}:
         return ["liabilities must be null or {root, total, leaves}"]
     failures = []
-    if not isinstance(liabilities["root"], str) or not _HEX64.fullmatch(liabilities["root"]):
+    if not isinstance(liabilities["root"], str) or not patterns.HEX64.fullmatch(liabilities["root"]):
         failures.append("liabilities.root must be 64 lowercase hex digits")
     total = _amount(liabilities["total"])
     if total is None or total >= MAX_SUM:
@@ -281,22 +276,22 @@ def check_payload(payload: Mapping[str, Any]) -> list[str]:
         failures.append("seq must be a positive integer")
     elif seq == 1 and prev is not None:
         failures.append("seq 1 must have prev null")
-    elif seq > 1 and not (isinstance(prev, str) and _HEX64.fullmatch(prev)):
+    elif seq > 1 and not (isinstance(prev, str) and patterns.HEX64.fullmatch(prev)):
         failures.append(f"seq {seq} must have prev: the SHA-256 hex of attestation {seq - 1}")
     for key in ("as_of", "issued_at"):
         if parse_utc(payload[key]) is None:
             failures.append(f"{key} must be a UTC time like 2026-11-24T16:00:00Z")
     if not isinstance(payload["issuer"], str) or not payload["issuer"]:
         failures.append("issuer must be a non-empty string")
-    if not isinstance(payload["currency"], str) or not _CURRENCY.fullmatch(payload["currency"]):
+    if not isinstance(payload["currency"], str) or not patterns.CURRENCY.fullmatch(payload["currency"]):
         failures.append("currency must be 3 capital letters")
-    if not isinstance(payload["policy"], str) or not _HEX64.fullmatch(payload["policy"]):
+    if not isinstance(payload["policy"], str) or not patterns.HEX64.fullmatch(payload["policy"]):
         failures.append("policy must be a SHA-256 hex digest")
     failures += _audit_failures(payload["audit"])
     evidence = payload["evidence"]
     if not isinstance(evidence, list) or not all(
             isinstance(e, Mapping) and set(e) == {"name", "sha256"} and isinstance(e["name"], str)
-            and isinstance(e["sha256"], str) and _HEX64.fullmatch(e["sha256"]) for e in evidence):
+            and isinstance(e["sha256"], str) and patterns.HEX64.fullmatch(e["sha256"]) for e in evidence):
         failures.append("evidence must be a list of {name, sha256 (64 lowercase hex)}")
     if payload["liabilities"] is not None:
         failures += _liabilities_failures(payload["liabilities"])
@@ -334,7 +329,7 @@ def check_payload(payload: Mapping[str, Any]) -> list[str]:
         for i, chain in enumerate(chains):
             ok = (isinstance(chain, Mapping) and set(chain) == {"chain_id", "contract", "total_supply"}
                   and _is_int(chain["chain_id"], 1) and isinstance(chain["contract"], str)
-                  and _CONTRACT.fullmatch(chain["contract"]) is not None)
+                  and patterns.ADDRESS.fullmatch(chain["contract"]) is not None)
             amount = _amount(chain["total_supply"]) if ok else None
             if amount is None:
                 failures.append(f"supply.by_chain[{i}] must be {{chain_id, contract, total_supply}}")

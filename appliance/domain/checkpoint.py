@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from appliance.domain import patterns
 from appliance.errors import InvalidInput, VerificationFailed
 
 _ALG_ED25519 = b"\x01"  # the signed-note signature type byte for Ed25519
@@ -35,7 +36,6 @@ _MAX_SIGNATURES = 100
 # Tree sizes are signed 64-bit integers in the Go tooling auditors use (golang.org/x/mod/sumdb/tlog).
 _MAX_TREE_SIZE = 2**63 - 1
 
-_CANONICAL_DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 _KEY_HASH_HEX = re.compile(r"[0-9a-fA-F]{8}", re.ASCII)
 # Signed notes must not contain ASCII control characters other than newline (this includes "\r": no CRLF).
 _FORBIDDEN_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
@@ -145,7 +145,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
         raise InvalidInput("a checkpoint needs an origin, a tree size and a root hash line")
     origin, size_text, root_text, *extensions = lines
     # A regex, not int(): int() also takes "+1", " 1", "1_000" and non-ASCII digits.
-    if not _CANONICAL_DECIMAL.fullmatch(size_text):
+    if not patterns.DECIMAL.fullmatch(size_text):
         raise InvalidInput(f"checkpoint tree size {size_text[:30]!r} is not a canonical decimal")
     if len(size_text) > len(str(_MAX_TREE_SIZE)):  # checked before int() so huge digit strings cost nothing
         raise InvalidInput("checkpoint tree size is out of range")

@@ -9,7 +9,6 @@ one field table each, so they cannot drift apart. Keccak-256 comes from pycrypto
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 import coincurve
 from Crypto.Hash import keccak as _keccak
 
+from appliance.domain import patterns
 from appliance.domain.amounts import MAX_UINT256, parse_amount
 from appliance.errors import InvalidInput, Problem, VerificationFailed
 
@@ -41,8 +41,6 @@ def _encode_type(name: str, fields: tuple[tuple[str, str], ...]) -> str:
 DOMAIN_TYPE = _encode_type("EIP712Domain", _DOMAIN_FIELDS)
 MINT_TYPE = _encode_type(PRIMARY_TYPE, _MINT_FIELDS)
 
-_HEX_BODY = re.compile(r"[0-9a-fA-F]{40}")
-_NONCE_HEX = re.compile(r"0x[0-9a-f]{64}")
 
 
 def keccak256(data: bytes) -> bytes:
@@ -61,7 +59,7 @@ def to_checksum_address(address: str | bytes) -> str:
         if len(address) != 20:
             raise ValueError(f"an address is 20 bytes, not {len(address)}")
         lower = address.hex()
-    elif isinstance(address, str) and address.startswith("0x") and _HEX_BODY.fullmatch(address[2:]):
+    elif isinstance(address, str) and patterns.ADDRESS.fullmatch(address):
         lower = address[2:].lower()
     else:
         raise ValueError(f"not an address: {address!r}")
@@ -86,7 +84,7 @@ def parse_address(value: object, location: str) -> str:
         raise bad("an address must start with 0x")
     if len(value) != 42:
         raise bad(f"an address is 0x followed by 40 hex digits, not {len(value) - 2}")
-    if not _HEX_BODY.fullmatch(value[2:]):
+    if not patterns.ADDRESS.fullmatch(value):  # "0x" and the length are checked above
         raise bad("an address must contain only hex digits 0-9, a-f, A-F after 0x")
     checksummed = to_checksum_address(value)
     if value == checksummed:
@@ -287,7 +285,7 @@ def mint_from_typed_data(obj: object, location: str = "typedData") -> tuple[Eip7
     uints = {field: _collect(problems, parse_amount, msg.get(field), f"{where}.{field}", allow_zero=True)
              for field in ("amount", "validAfter", "validBefore") if field in msg}
     nonce = msg.get("nonce")
-    if "nonce" in msg and (not isinstance(nonce, str) or not _NONCE_HEX.fullmatch(nonce)):
+    if "nonce" in msg and (not isinstance(nonce, str) or not patterns.NONCE.fullmatch(nonce)):
         problems.append(Problem(f"{where}.nonce", "must be 0x followed by 64 lowercase hex digits (bytes32)"))
 
     amount, after, before = (uints.get(f) for f in ("amount", "validAfter", "validBefore"))

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from appliance.domain import patterns
 from appliance.domain.canonical import canonical_json, parse_json_strict
 from appliance.domain.merkle import LeafHashes
 from appliance.errors import InfrastructureError, InvalidInput
 
 FORMAT = 1
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class HeadsInvalid(InfrastructureError):
@@ -172,7 +171,7 @@ def _count(value: object, minimum: int = 0) -> int:
 
 
 def _hex64(value: object) -> str:
-    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+    if not isinstance(value, str) or not patterns.HEX64.fullmatch(value):
         raise ValueError(f"{value!r} is not a SHA-256 hex digest")
     return value
 

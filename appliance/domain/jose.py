@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from appliance.domain import patterns
 from appliance.domain.canonical import canonical_json, parse_json_strict
 from appliance.errors import InvalidInput, Problem, VerificationFailed
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 COORDINATE_SIZE = 32  # bytes, for all three curves (P-256, secp256k1 coordinates; Ed25519 public key)
 
 # JWK crv -> (cryptography curve, JWS alg). The key type alone decides the algorithm.
@@ -62,7 +61,7 @@ def b64url_decode(text: str, location: str = "base64url") -> bytes:
         raise _invalid(location, "must be a base64url string")
     if "=" in text:
         raise _invalid(location, "base64url must not be padded with '='")
-    if not _B64URL.fullmatch(text):
+    if not patterns.B64URL.fullmatch(text):
         raise _invalid(location, "contains characters outside the base64url alphabet (A-Z a-z 0-9 - _)")
     if len(text) % 4 == 1:
         raise _invalid(location, "is not valid base64url (impossible length)")

@@ -15,11 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.domain import patterns
 from appliance.errors import InvalidInput, VerificationFailed
 
 HASH_SIZE = 32
@@ -33,7 +33,6 @@ _NODE_PREFIX = b"\x01"
 # every encoding we accept readable by them.
 MAX_TREE_SIZE = 2**63 - 1
 
-_CANONICAL_DECIMAL = re.compile(r"0|[1-9][0-9]*", re.ASCII)
 _MAX_COMPACT_TEXT = 4096  # 63 hashes of 44 characters plus the size fit easily; bounds the work decode() does
 
 
@@ -378,7 +377,7 @@ class CompactRange:
         if len(text) > _MAX_COMPACT_TEXT:
             raise InvalidInput("encoded compact range is too long")
         size_text, colon, hashes_text = text.partition(":")
-        if not colon or not _CANONICAL_DECIMAL.fullmatch(size_text):
+        if not colon or not patterns.DECIMAL.fullmatch(size_text):
             raise InvalidInput(f"{text[:40]!r} is not an encoded compact range (size:base64,...)")
         hashes = tuple(_decode_hash(part) for part in hashes_text.split(",")) if hashes_text else ()
         return CompactRange(int(size_text), hashes)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
+from appliance.domain import patterns
 from appliance.domain.canonical import json_digest
 from appliance.domain.eip712 import to_checksum_address
 from appliance.domain.jose import thumbprint
@@ -32,11 +32,6 @@ MAX_INTEGER = 2**53 - 1  # counts, durations, chain ids: the largest integer exa
 # Used only when the reserve guard is disabled and the file leaves the age out; an enabled guard must name it.
 DEFAULT_MAX_ATTESTATION_AGE_SECONDS = 172800
 
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}", re.ASCII)
-NAME_PATTERN = _NAME  # an operator's name
-_AMOUNT = re.compile(r"(?:0|[1-9][0-9]*)", re.ASCII)
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)
-_B64URL = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 # Operator key types and their public coordinates (each 32 bytes, unpadded canonical base64url).
 _KEY_TYPES = {("OKP", "Ed25519"): ("x",), ("EC", "P-256"): ("x", "y")}
 _KEY_MEMBERS = ("kty", "crv", "x", "y")
@@ -497,7 +492,7 @@ class _Problems:
             kind = "float" if isinstance(value, float) else "integer"
             self.add(field, f'must be a decimal string of base units, e.g. "1000000", not a TOML {kind}')
             return None
-        if not isinstance(value, str) or not _AMOUNT.fullmatch(value):
+        if not isinstance(value, str) or not patterns.DECIMAL.fullmatch(value):
             self.add(field, 'must be a decimal string of base units, e.g. "1000000"')
             return None
         if len(value) > len(str(MAX_AMOUNT)) or not 1 <= int(value) <= MAX_AMOUNT:  # length first: no huge int()
@@ -563,7 +558,7 @@ def parse_operators(data: Mapping[str, Any], source: str = "operators.toml") -> 
         where = f"operators[{i}]"
         t = p.table(entry, where, {"name", "roles", "enabled", "jwk", "webauthn"}, {"name", "roles", "jwk"})
         name = t.get("name")
-        if "name" in t and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+        if "name" in t and (not isinstance(name, str) or not patterns.NAME.fullmatch(name)):
             p.add(f"{where}.name", "must match ^[a-z][a-z0-9_-]{0,31}$")
             name = None
         roles = p.roles(t, "roles", where)
@@ -609,7 +604,7 @@ def _public_jwk(p: _Problems, jwk: Any, where: str) -> dict[str, str] | None:
 def _is_coordinate(value: Any) -> bool:
     # Canonical (re-encodes to itself): every key then has exactly one spelling, so comparing strings compares
     # keys and the same key cannot be enrolled twice under two spellings.
-    if not isinstance(value, str) or not _B64URL.fullmatch(value) or len(value) % 4 == 1:
+    if not isinstance(value, str) or not value or not patterns.B64URL.fullmatch(value) or len(value) % 4 == 1:
         return False
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
@@ -757,7 +752,7 @@ def _allowlist(p: _Problems, m: Mapping[str, Any]) -> tuple[AllowlistEntry, ...]
         t = p.table(entry, where, {"chain_id", "address", "label"}, {"chain_id", "address"})
         chain_id = p.integer(t, "chain_id", where)
         address, label = t.get("address"), t.get("label", "")
-        if "address" in t and (not isinstance(address, str) or not _ADDRESS.fullmatch(address)):
+        if "address" in t and (not isinstance(address, str) or not patterns.ADDRESS.fullmatch(address)):
             p.add(f"{where}.address", "must be a 0x-prefixed 20-byte hex address")
             address = None
         elif isinstance(address, str) and to_checksum_address(address) != address:

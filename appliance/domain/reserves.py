@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
+from appliance.domain import patterns
 from appliance.errors import InvalidInput, Problem
 
 MAX_AMOUNT = 2**256 - 1  # one holding or one chain's supply: a uint256, like the token contract itself
@@ -31,10 +32,6 @@ MAX_CSV_PROBLEMS = 1000  # a 10-million-line file that is wrong everywhere must 
 # Compiled once at import: the CSV path runs per line and must not compile or even call a regex per line.
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
-_DECIMAL = re.compile(r"0|[1-9][0-9]*")
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_CONTRACT = re.compile(r"0x[0-9a-fA-F]{40}")
 _REPORT_KEYS = frozenset({"as_of", "currency", "decimals", "holdings", "evidence"})
 _REPORT_REQUIRED = frozenset({"as_of", "currency", "decimals", "holdings"})
 _HOLDING_KEYS = frozenset({"custodian", "account", "asset_class", "amount"})
@@ -188,7 +185,7 @@ def _amount(value: object, path: str, p: _Problems, maximum: int = MAX_AMOUNT) -
     if not isinstance(value, str):
         p.add(path, f"must be a decimal string of integer units like \"1000000\", not {_kind(value)}")
         return None
-    if not _DECIMAL.fullmatch(value) or not value.isascii():
+    if not patterns.DECIMAL.fullmatch(value) or not value.isascii():
         p.add(path, _why_not_decimal(value))
         return None
     # Length first: a canonical decimal with more digits is larger, and a huge string never reaches int().
@@ -289,7 +286,7 @@ def parse_reserve_report(data: object, source: str = "reserves.json") -> Reserve
     top = _members(data, "", _REPORT_KEYS, _REPORT_REQUIRED, p) or {}
     as_of = _rfc3339(top["as_of"], "as_of", p) if "as_of" in top else None
     currency = top.get("currency")
-    if "currency" in top and (not isinstance(currency, str) or not _CURRENCY.fullmatch(currency)):
+    if "currency" in top and (not isinstance(currency, str) or not patterns.CURRENCY.fullmatch(currency)):
         p.add("currency", "must be an ISO 4217 code of 3 capital letters, like HKD")
     decimals = _decimals(top["decimals"], "decimals", p) if "decimals" in top else None
 
@@ -325,7 +322,7 @@ def parse_reserve_report(data: object, source: str = "reserves.json") -> Reserve
             continue
         name = _text(e["name"], f"{path}.name", p) if "name" in e else None
         digest = e.get("sha256")
-        if "sha256" in e and (not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest)):
+        if "sha256" in e and (not isinstance(digest, str) or not patterns.HEX64.fullmatch(digest)):
             p.add(f"{path}.sha256", "must be a SHA-256 digest: 64 lowercase hex digits")
             digest = None
         if name is not None:
@@ -372,7 +369,7 @@ def parse_supply_snapshot(data: object, source: str = "supply.json") -> SupplySn
             else:
                 first_seen[chain_id] = i
         contract = c.get("contract")
-        if "contract" in c and (not isinstance(contract, str) or not _CONTRACT.fullmatch(contract)):
+        if "contract" in c and (not isinstance(contract, str) or not patterns.ADDRESS.fullmatch(contract)):
             p.add(f"{path}.contract", "must be a contract address: 0x followed by 40 hex digits")
             contract = None
         supply = _amount(c["total_supply"], f"{path}.total_supply", p) if "total_supply" in c else None
