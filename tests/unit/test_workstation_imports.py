@@ -20,3 +20,18 @@ def test_the_client_commands_import_no_service_store_or_hsm_code() -> None:
             f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert json.loads(out.stdout) == []
+
+
+# What `appliance mint show --help` and `appliance verify attestation --help` load: the command modules only,
+# never keccak, the JOSE/crypto stack, the policy parser or the HTTP client (imported by the commands that run).
+HELP_MODULES = ["appliance.cli", "appliance.commands.mint", "appliance.commands.verify"]
+HEAVY = ("Crypto", "cryptography", "appliance.domain.eip712", "appliance.domain.policy", "appliance.operator",
+         "appliance.client", "appliance.verify", "http.client")
+
+
+def test_help_of_the_client_commands_imports_no_crypto_policy_or_http() -> None:
+    code = ("import importlib, json, sys\n"
+            f"for m in {HELP_MODULES!r}: importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({HEAVY!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(out.stdout) == []
