@@ -22,6 +22,23 @@ class Problem:
         return f"{self.location}: {self.message}" if self.location else self.message
 
 
+class Problems:
+    """The one collector of an input's problems (a policy file, a reserve report, a holders file), each located as
+    `<source>: <where>`, so that the sender hears of all of them at once."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[Problem] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(Problem(f"{self.source}: {where}" if where else self.source, message))
+
+    def raise_if_any(self, what: str) -> None:
+        """InvalidInput with every problem, e.g. "policy.toml: 3 problem(s) in the policy", if there is one."""
+        if self.items:
+            raise InvalidInput(f"{self.source}: {len(self.items)} problem(s) in {what}", self.items)
+
+
 PROBLEM_BASE = "urn:appliance:problem:"  # + slug: the `type` of a problem+json response
 
 

@@ -21,7 +21,7 @@ from appliance.domain.canonical import json_digest
 from appliance.domain.eip712 import to_checksum_address
 from appliance.domain.jose import thumbprint
 from appliance.domain.webauthn import Credential, RelyingParty, parse_credentials, parse_relying_party
-from appliance.errors import InvalidInput, PolicyViolation, Problem
+from appliance.errors import InvalidInput, PolicyViolation, Problem, Problems
 
 ROLES = frozenset({"treasury", "cfo", "security-admin", "auditor", "custodian"})
 RESERVE_REPORTER_ROLE = "custodian"  # signs the reserve reports an attestation is made from
@@ -446,15 +446,8 @@ def unreachable_mint_tiers(bundle: PolicyBundle) -> list[Problem]:
 
 # -- parsing -------------------------------------------------------------------------------------------------------
 
-class _Problems:
-    """Collects every problem of one file, each located as `<source>: <field>`."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.found: list[Problem] = []
-
-    def add(self, where: str, message: str) -> None:
-        self.found.append(Problem(f"{self.source}: {where}", message))
+class _Problems(Problems):
+    """The collector of one policy or operators file, with the readers of its TOML tables."""
 
     def table(self, data: Any, where: str, allowed: Iterable[str], required: Iterable[str] = ()) -> Mapping[str, Any]:
         """`data` as a table (empty if it is not one), reporting unknown and missing keys."""
@@ -523,10 +516,6 @@ class _Problems:
             self.add(field, "lists a role twice")
         return None if unknown or len(set(value)) != len(value) else frozenset(value)
 
-    def raise_if_any(self, what: str) -> None:
-        if self.found:
-            raise InvalidInput(f"{self.source}: {len(self.found)} problem(s) in {what}", self.found)
-
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
@@ -568,7 +557,7 @@ def parse_operators(data: Mapping[str, Any], source: str = "operators.toml") -> 
         if isinstance(name, str) and roles is not None and enabled is not None and jwk is not None \
                 and keys is not None:
             parsed.append((f"{source}: {where}", Operator(name, roles, jwk, enabled, keys)))
-    p.found.extend(_duplicate_problems(parsed))
+    p.items.extend(_duplicate_problems(parsed))
     p.raise_if_any("the operators")
     return OperatorSet(op for _, op in parsed)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 from appliance.domain import patterns
-from appliance.errors import InvalidInput, Problem
+from appliance.errors import InvalidInput, Problem, Problems
 
 MAX_AMOUNT = 2**256 - 1  # one holding or one chain's supply: a uint256, like the token contract itself
 MAX_DECIMALS = 18
@@ -101,21 +101,6 @@ class SupplySnapshot:
         return sum(c.total_supply for c in self.chains)
 
 
-class _Problems:
-    """Collects located problems for one input; locations are `<source>: <path>`."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[Problem] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(Problem(f"{self.source}: {path}" if path else self.source, message))
-
-    def raise_if_any(self, what: str) -> None:
-        if self.items:
-            raise InvalidInput(f"the {what} has {len(self.items)} problem(s)", self.items)
-
-
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -138,7 +123,7 @@ def _kind(value: object) -> str:
 
 
 def _members(value: object, path: str, allowed: frozenset[str], required: frozenset[str],
-             p: _Problems) -> Mapping[str, object] | None:
+             p: Problems) -> Mapping[str, object] | None:
     """value as a JSON object; unknown and missing members are problems. None if value is not an object."""
     if not isinstance(value, Mapping):
         p.add(path, f"must be a JSON object, not {_kind(value)}")
@@ -150,7 +135,7 @@ def _members(value: object, path: str, allowed: frozenset[str], required: frozen
     return value
 
 
-def _text(value: object, path: str, p: _Problems) -> str | None:
+def _text(value: object, path: str, p: Problems) -> str | None:
     """A label: non-empty, at most MAX_TEXT characters, no surrounding whitespace, no control characters.
 
     Surrounding whitespace is refused because "Bank A" and "Bank A " would otherwise be two custodians that
@@ -180,7 +165,7 @@ def _text(value: object, path: str, p: _Problems) -> str | None:
     return value
 
 
-def _amount(value: object, path: str, p: _Problems, maximum: int = MAX_AMOUNT) -> int | None:
+def _amount(value: object, path: str, p: Problems, maximum: int = MAX_AMOUNT) -> int | None:
     """A decimal string of integer units, 0..maximum; a located problem otherwise."""
     if not isinstance(value, str):
         p.add(path, f"must be a decimal string of integer units like \"1000000\", not {_kind(value)}")
@@ -216,7 +201,7 @@ def _why_not_decimal(text: str) -> str:
     return "must be a decimal string of integer units (ASCII digits 0-9 only)"
 
 
-def _decimals(value: object, path: str, p: _Problems) -> int | None:
+def _decimals(value: object, path: str, p: Problems) -> int | None:
     # bool is an int in Python but `true` is not a number of decimals in JSON.
     if isinstance(value, bool) or not isinstance(value, int):
         p.add(path, f"must be an integer from 0 to {MAX_DECIMALS}, not {_kind(value)}")
@@ -227,7 +212,7 @@ def _decimals(value: object, path: str, p: _Problems) -> int | None:
     return value
 
 
-def _rfc3339(value: object, path: str, p: _Problems) -> datetime | None:
+def _rfc3339(value: object, path: str, p: Problems) -> datetime | None:
     """An RFC 3339 date-time with an explicit offset (Z or +hh:mm), as an aware UTC datetime.
 
     A time without an offset is refused: it would mean a different instant in every time zone. Fractions of a
@@ -264,7 +249,7 @@ def _rfc3339(value: object, path: str, p: _Problems) -> datetime | None:
         return None
 
 
-def _list(value: object, path: str, p: _Problems, *, non_empty: bool) -> list[object]:
+def _list(value: object, path: str, p: Problems, *, non_empty: bool) -> list[object]:
     if not isinstance(value, list):
         p.add(path, f"must be a list, not {_kind(value)}")
         return []
@@ -282,7 +267,7 @@ def parse_reserve_report(data: object, source: str = "reserves.json") -> Reserve
     (custodian, account); malformed evidence (name and 64 lowercase hex sha256; names unique); an as_of that is
     not RFC 3339 with an explicit offset. `evidence` is optional (an empty list when absent).
     """
-    p = _Problems(source)
+    p = Problems(source)
     top = _members(data, "", _REPORT_KEYS, _REPORT_REQUIRED, p) or {}
     as_of = _rfc3339(top["as_of"], "as_of", p) if "as_of" in top else None
     currency = top.get("currency")
@@ -333,7 +318,7 @@ def parse_reserve_report(data: object, source: str = "reserves.json") -> Reserve
         if name is not None and isinstance(digest, str):
             evidence.append(Evidence(name, digest))
 
-    p.raise_if_any("reserve report")
+    p.raise_if_any("the reserve report")
     # No problem was recorded, so every field was present and valid.
     assert as_of is not None and isinstance(currency, str) and decimals is not None
     return ReserveReport(as_of, str(top["as_of"]), currency, decimals, tuple(holdings), tuple(evidence))
@@ -347,7 +332,7 @@ def parse_supply_snapshot(data: object, source: str = "supply.json") -> SupplySn
     40 hex digits (EIP-55 checksum validity is checked by the shell, which knows the configured contracts), a
     total_supply that is not a canonical decimal string of base units.
     """
-    p = _Problems(source)
+    p = Problems(source)
     top = _members(data, "", _SUPPLY_KEYS, _SUPPLY_KEYS, p) or {}
     as_of = _rfc3339(top["as_of"], "as_of", p) if "as_of" in top else None
     decimals = _decimals(top["decimals"], "decimals", p) if "decimals" in top else None
@@ -375,7 +360,7 @@ def parse_supply_snapshot(data: object, source: str = "supply.json") -> SupplySn
         supply = _amount(c["total_supply"], f"{path}.total_supply", p) if "total_supply" in c else None
         if isinstance(chain_id, int) and isinstance(contract, str) and supply is not None:
             chains.append(ChainSupply(chain_id, contract, supply))
-    p.raise_if_any("supply snapshot")
+    p.raise_if_any("the supply snapshot")
     assert as_of is not None and decimals is not None
     return SupplySnapshot(as_of, str(top["as_of"]), decimals, tuple(sorted(chains, key=lambda c: c.chain_id)))
 
@@ -419,7 +404,7 @@ def iter_holders_csv(lines: Iterable[str] | str, source: str = "holders.csv", *,
     """
     if isinstance(lines, str):
         lines = _split_text(lines)
-    p = _Problems(source)
+    p = Problems(source)
     extra = 0  # problems beyond MAX_CSV_PROBLEMS: counted, not kept
 
     def problem(number: int, message: str) -> None:
@@ -478,7 +463,7 @@ def iter_holders_csv(lines: Iterable[str] | str, source: str = "holders.csv", *,
         yield account, int(balance)
     if extra:
         p.items.append(Problem(source, f"{extra} more problem(s) not listed"))
-    p.raise_if_any("holder balances file")
+    p.raise_if_any("the holder balances file")
 
 
 def parse_holders_csv(text: str, source: str = "holders.csv") -> list[tuple[str, int]]:

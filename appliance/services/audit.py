@@ -13,8 +13,9 @@ from appliance.domain import checkpoint as notes
 from appliance.domain import heads, merkle
 from appliance.domain.canonical import canonical_json
 from appliance.domain.mint_rules import LogFacts
+from appliance.domain.rfc3339 import utc_of_timestamp
 from appliance.errors import ApplianceError, InfrastructureError, InvalidInput, NotFound
-from appliance.services.context import Appliance, rfc3339
+from appliance.services.context import Appliance
 from appliance.store import audit_repo
 from appliance.store.tables import policy_bundles
 
@@ -55,7 +56,7 @@ class AuditLog:
             policy_hash = conn.execute(select(policy_bundles.c.hash)
                                        .where(policy_bundles.c.status == "active")).scalar()
         now = self.app.now()
-        entry = canonical_json({"index": head.size, "time": rfc3339(now), "actor": actor, "action": action,
+        entry = canonical_json({"index": head.size, "time": utc_of_timestamp(now), "actor": actor, "action": action,
                                 "subject": subject, "details": details, "policy": policy_hash})
         audit_repo.append(conn, action, entry, now, head)
         return head.size

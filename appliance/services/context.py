@@ -11,17 +11,11 @@ from appliance import metrics
 from appliance.config import Settings, apply_environment
 from appliance.domain.merkle import LeafHashes
 from appliance.domain.mint_rules import LogFacts
-from appliance.domain.rfc3339 import utc_of_timestamp
 from appliance.hsm import Curve, Hsm, KeySpec
 from appliance.services.outage import Outage
 from appliance.services.token_state import TokenState
 from appliance.signing import HsmSigner
 from appliance.store.db import Database
-
-
-def rfc3339(ts: float) -> str:
-    """UTC RFC 3339 with second precision: 2026-11-25T03:45:00Z (domain.rfc3339)."""
-    return utc_of_timestamp(ts)
 
 
 @dataclass
