@@ -14,12 +14,18 @@ FORBIDDEN = ("sqlalchemy", "pkcs11", "flask", "alembic", "prometheus_client", "a
              "appliance.store", "appliance.hsm", "appliance.api", "appliance.signing")
 
 
-def test_the_client_commands_import_no_service_store_or_hsm_code() -> None:
+def imported(modules: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of `prefixes` that a fresh interpreter holds after importing `modules`."""
     code = ("import importlib, json, sys\n"
-            f"for m in {CLIENT_COMMANDS!r}: importlib.import_module(m)\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r}))))")
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(out.stdout) == []
+    found: list[str] = json.loads(out.stdout)
+    return found
+
+
+def test_the_client_commands_import_no_service_store_or_hsm_code() -> None:
+    assert imported(CLIENT_COMMANDS, FORBIDDEN) == []
 
 
 # What `appliance mint show --help` and `appliance verify attestation --help` load: the command modules only,
@@ -30,8 +36,4 @@ HEAVY = ("Crypto", "cryptography", "appliance.domain.eip712", "appliance.domain.
 
 
 def test_help_of_the_client_commands_imports_no_crypto_policy_or_http() -> None:
-    code = ("import importlib, json, sys\n"
-            f"for m in {HELP_MODULES!r}: importlib.import_module(m)\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({HEAVY!r}))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(out.stdout) == []
+    assert imported(HELP_MODULES, HEAVY) == []
