@@ -42,7 +42,6 @@ DOMAIN_TYPE = _encode_type("EIP712Domain", _DOMAIN_FIELDS)
 MINT_TYPE = _encode_type(PRIMARY_TYPE, _MINT_FIELDS)
 
 
-
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 (Ethereum's, not NIST SHA3-256) of data."""
     return _keccak.new(digest_bits=256, data=data).digest()
