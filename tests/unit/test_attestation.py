@@ -73,7 +73,7 @@ def test_coverage_is_exact(r: int, rd: int, s: int, sd: int) -> None:
 def test_the_payload_carries_exact_figures_or_refuses(rs: list[int], rd: int, ss: list[int], sd: int) -> None:
     expected = exact(sum(rs), rd, sum(ss), sd)
     if expected is not None and expected > 2**53 - 1:  # not exact as a JSON number: refused, never rounded
-        with pytest.raises(InvalidInput):
+        with pytest.raises(InvalidInput, match="coverage is too large"):
             payload_for([str(a) for a in rs], [str(t) for t in ss], rd=rd, sd=sd)
         return
     p = payload_for([str(a) for a in rs], [str(t) for t in ss], rd=rd, sd=sd)
@@ -334,7 +334,7 @@ def test_the_same_as_of_with_the_same_figures_returns_the_existing_one() -> None
 
 def test_the_same_as_of_with_other_figures_conflicts() -> None:
     latest = att.Issued(5, T2, "d5")
-    with pytest.raises(Conflict, match="other figures"):
+    with pytest.raises(Conflict, match=r"already issued \(seq 5\) with other figures"):  # names the one issued
         att.decide_attestation(latest, latest, T2, "corrected")
     with pytest.raises(Conflict):
         att.decide_attestation(latest, att.Issued(4, T1, "d4"), T1, "corrected")

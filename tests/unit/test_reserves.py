@@ -139,6 +139,7 @@ R = "reserves.json: "
     (set_("extra", 1), R + "extra", "unknown"),
     (set_("evidence.0.sha256", "AB" * 32), R + "evidence[0].sha256", "lowercase"),
     (set_("evidence.0.sha256", "ab" * 31), R + "evidence[0].sha256", "64"),
+    (set_("evidence.0.sha256", "XYZ"), R + "evidence[0].sha256", "64 lowercase hex"),  # not hex at all
     (set_("evidence.0.name", ""), R + "evidence[0].name", "empty"),
     (set_("evidence.0.size", 10), R + "evidence[0].size", "unknown"),
     (set_("evidence", "statement.pdf"), R + "evidence", "list"),
