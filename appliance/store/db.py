@@ -14,12 +14,16 @@ The durability contract of `Database.write(fn)`:
   commit itself may hide a commit that did happen (the database's usual ambiguity): the mint path is built for
   it (a reservation without a signature is taken over; see services.mint).
 - **Group commit.** Concurrent callers are batched: one leads and runs every waiting fn in one transaction,
-  each in its own savepoint, then commits once. A caller's own error (an ApplianceError, an IntegrityError)
-  rolls back only its savepoint, buffered rows included (the savepoint events reset the write buffers), and
-  reaches only that caller; the others commit. A failure of the store (a driver error, a failed commit, a
-  constraint violated while the buffers are written) fails every caller of the batch: none of them commits.
-  So a concurrent caller's failure can never undo what write() told another caller was committed, and it can
-  make another caller fail (503) only by breaking the store itself.
+  each in its own savepoint, then commits once; callers who queue while the batch's fns run join it (late
+  joiners: up to `max_batch`, and only if their deadline is not earlier than the batch's). A caller's
+  savepoint is sent just before its first statement, so one that only appends buffered rows costs none; the
+  buffers are marked when its fn starts. A caller's own error (an ApplianceError, an IntegrityError) rolls
+  back its savepoint, if it was sent, and resets the buffers to its mark, and reaches only that caller; the
+  others commit. A failure of the store (a driver error, a failed savepoint or commit, any error while the
+  buffers are written) fails every caller of the batch: none of them commits. So a concurrent caller's failure
+  can never undo what write() told another caller was committed, and it can make another caller fail (503)
+  only by breaking the store itself. A PostgreSQL serialization retry reruns the whole batch, late joiners
+  included, once per attempt.
 - **Bounded waits.** A caller whose fn has not started within the timeout fails (its fn never runs); a batch
   waits for locks only until the earliest deadline of its callers, and callers with time left are queued again.
 - **Write-behind buffers.** Repositories may collect rows during the transaction (`add_buffer`) and write them
@@ -205,9 +209,11 @@ class Database:
         finally:
             with self._cv:
                 self._leading = False
+                for p in batch[len(fns):]:  # callers of write() who joined this batch late
+                    p.done = True
                 self._cv.notify_all()
         outcomes: list[object] = []
-        for p in batch:
+        for p in batch[:len(fns)]:
             if p.retry:
                 self._failed(p.operation)
                 outcomes.append(StorageUnavailable(f"storage {operation} failed: timed out waiting for the store"))
@@ -240,11 +246,7 @@ class Database:
                             if not self.is_sqlite:  # one round trip: both limits, for this transaction only
                                 conn.exec_driver_sql(f"SELECT set_config('lock_timeout', '{remaining_ms}', true), "
                                                      f"set_config('statement_timeout', '{remaining_ms}', true)")
-                            if len(batch) == 1:
-                                batch[0].result = batch[0].fn(conn)
-                            else:
-                                for p in batch:
-                                    _run_in_savepoint(conn, p)
+                            self._run_fns(conn, batch, deadline)
                             try:
                                 flush_buffers(conn)
                             except sa_exc.IntegrityError as exc:  # not a caller's conflict: fail them all
@@ -273,9 +275,39 @@ class Database:
             except _FlushFailed as exc:
                 self._fail_all(batch, exc.__cause__ or exc)
                 return
-            except Exception as exc:  # fn's own error (single item): it reaches its caller, nothing was written
-                batch[0].error = exc
+            except Exception as exc:
+                if len(batch) == 1:  # fn's own error (it ran without a savepoint): it reaches its caller alone
+                    batch[0].error = exc
+                else:  # every fn ran in its own savepoint: this came from the flush or the commit
+                    self._fail_all(batch, exc)
                 return
+
+    def _run_fns(self, conn: Connection, batch: list[_Pending[Any]], deadline: float) -> None:
+        """Run the batch's fns in order, then those of callers who queued meanwhile (late joiners), until none
+        is waiting or the batch is full. A lone caller runs without a savepoint (its error rolls back the whole
+        transaction); every other fn runs in its own. A joiner is taken only if its deadline is not earlier
+        than the batch's, so the batch's lock wait stays within its promise; it becomes part of `batch` and is
+        rerun with it on a retry."""
+        if len(batch) == 1:
+            batch[0].result = batch[0].fn(conn)
+            done = 1
+        else:
+            done = 0
+        while True:
+            for p in batch[done:]:
+                _run_in_savepoint(conn, p)
+            done = len(batch)
+            if not self._take_joiners(batch, deadline):
+                return
+
+    def _take_joiners(self, batch: list[_Pending[Any]], deadline: float) -> bool:
+        with self._cv:
+            joiners = joinable(self._queue, deadline, self.max_batch - len(batch))
+            for p in joiners:
+                p.started = True
+                self._queue.remove(p)
+        batch.extend(joiners)
+        return bool(joiners)
 
     def _fail_all(self, batch: list[_Pending[Any]], exc: BaseException, deadline: float | None = None) -> None:
         """Every item fails with StorageUnavailable, except (when the failure came as the batch's lock wait ran
@@ -312,6 +344,19 @@ class Database:
         self.engine.dispose()
 
 
+class _Waiting(Protocol):
+    deadline: float
+
+
+W = TypeVar("W", bound=_Waiting)
+
+
+def joinable(queue: list[W], deadline: float, room: int) -> list[W]:
+    """The queued callers a running batch takes in late, in queue order: only those whose own deadline is not
+    earlier than the batch's (its lock wait must not outlast anyone's promise), and at most `room` of them."""
+    return [p for p in queue if p.deadline >= deadline][:max(room, 0)]
+
+
 class _Pending(Generic[T]):
     """One caller's transaction function waiting for (or inside) a group commit."""
 
@@ -333,17 +378,58 @@ class _Pending(Generic[T]):
 
 
 def _run_in_savepoint(conn: Connection, p: _Pending[Any]) -> None:
-    """Run one caller's fn so that its failure rolls back only its own changes (buffered ones included: the
-    savepoint events below reset the write buffers with the savepoint)."""
+    """Run one caller's fn so that its failure rolls back only its own changes, buffered ones included.
+
+    The caller's savepoint is deferred: it is sent just before fn's first statement (see _open_deferred), so a
+    caller that only appends to the write buffers costs no round trip. The buffers are marked when fn starts
+    and reset to that mark if it fails, whether or not a savepoint was sent."""
+    buffers = conn.info[_BUFFERS]
+    assert isinstance(buffers, _Buffers)
+    start = buffers.mark_all()
+    deferred = conn.info[_DEFERRED] = _Deferred()
     try:
-        with conn.begin_nested():
-            p.result = p.fn(conn)
-    except sa_exc.IntegrityError as exc:
+        p.result = p.fn(conn)
+    except sa_exc.SQLAlchemyError as exc:
+        if not isinstance(exc, sa_exc.IntegrityError):
+            raise  # the connection or the store failed (a failed SAVEPOINT too): the whole batch fails
+        _undo(conn, deferred, buffers, start)
         p.error = exc
-    except sa_exc.SQLAlchemyError:
-        raise  # the connection or the store failed: the whole batch fails
     except Exception as exc:  # noqa: BLE001 - the caller's own error (e.g. a 409): it reaches that caller only
+        _undo(conn, deferred, buffers, start)
         p.error = exc
+    else:
+        conn.info.pop(_DEFERRED, None)
+        if deferred.sent:
+            conn.exec_driver_sql(f"RELEASE SAVEPOINT {_CALLER_SAVEPOINT}")
+    finally:
+        conn.info.pop(_DEFERRED, None)
+
+
+_DEFERRED = "appliance.deferred_savepoint"
+_CALLER_SAVEPOINT = "appliance_caller"
+
+
+class _Deferred:
+    """The savepoint of the caller running now: whether it has been sent yet."""
+
+    sent = False
+
+
+def _open_deferred(conn: Connection, *_args: object) -> None:
+    """Before any statement of a group-commit caller: send its savepoint first, once (engine event)."""
+    deferred = conn.info.get(_DEFERRED)
+    if isinstance(deferred, _Deferred) and not deferred.sent:
+        deferred.sent = True  # first: the SAVEPOINT statement below passes through this hook too
+        conn.exec_driver_sql(f"SAVEPOINT {_CALLER_SAVEPOINT}")
+
+
+def _undo(conn: Connection, deferred: _Deferred, buffers: _Buffers, start: dict[str, object]) -> None:
+    """Roll back what the failed caller wrote (its savepoint, if sent) and reset the buffers to its start."""
+    conn.info.pop(_DEFERRED, None)
+    if deferred.sent:
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_CALLER_SAVEPOINT}")
+        conn.exec_driver_sql(f"RELEASE SAVEPOINT {_CALLER_SAVEPOINT}")
+    buffers.reset_all(start)
 
 
 class _FlushFailed(Exception):
@@ -377,6 +463,17 @@ class _Buffers:
         self.items: dict[str, WriteBuffer] = {}
         self.marks: list[dict[str, object]] = []
 
+    def mark_all(self) -> dict[str, object]:
+        return {key: buf.mark() for key, buf in self.items.items()}
+
+    def reset_all(self, marks: dict[str, object]) -> None:
+        """Back to `marks`: each buffer to its mark, a buffer created since then dropped."""
+        for key in list(self.items):
+            if key in marks:
+                self.items[key].reset(marks[key])
+            else:
+                del self.items[key]
+
 
 def is_buffered(conn: Connection) -> bool:
     """Whether conn is a Database.write() transaction, whose buffers are flushed before it commits."""
@@ -405,24 +502,22 @@ def flush_buffers(conn: Connection) -> None:
 
 
 def _listen_for_savepoints(engine: Engine) -> None:
-    """Keep the write buffers in step with savepoints (SQLAlchemy nests them strictly: a stack suffices)."""
+    """Keep the write buffers in step with savepoints (SQLAlchemy nests them strictly: a stack suffices), and
+    send a group-commit caller's deferred savepoint before its first statement."""
+
+    event.listen(engine, "before_execute", _open_deferred)
 
     @event.listens_for(engine, "savepoint")
     def _savepoint(conn: Connection, _name: str | None) -> None:
         buffers = conn.info.get(_BUFFERS)
         if isinstance(buffers, _Buffers):
-            buffers.marks.append({key: buf.mark() for key, buf in buffers.items.items()})
+            buffers.marks.append(buffers.mark_all())
 
     @event.listens_for(engine, "rollback_savepoint")
     def _rollback(conn: Connection, _name: str, _context: object) -> None:
         buffers = conn.info.get(_BUFFERS)
         if isinstance(buffers, _Buffers) and buffers.marks:
-            marks = buffers.marks.pop()
-            for key in list(buffers.items):
-                if key in marks:
-                    buffers.items[key].reset(marks[key])
-                else:
-                    del buffers.items[key]
+            buffers.reset_all(buffers.marks.pop())
 
     @event.listens_for(engine, "release_savepoint")
     def _release(conn: Connection, _name: str, _context: object) -> None:

@@ -8,16 +8,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import event, insert, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select, text
 
 from appliance.domain import merkle
 from appliance.domain.canonical import canonical_json
 from appliance.errors import Conflict, StorageUnavailable
-from appliance.store import audit_repo, schema
+from appliance.store import audit_repo, db, schema
 from appliance.store.db import Database
 from appliance.store.tables import audit_entries, seen_tokens
 
@@ -350,6 +351,23 @@ def _then_flush_conflicts(conn: Any) -> None:
     conn.execute(insert(audit_entries).values(idx=1, action="x", entry="{}", leaf_hash=b"\0" * 32, created_at=0))
 
 
+class _BrokenBuffer:
+    """A write buffer whose flush fails with an error that is not the database's."""
+
+    def mark(self) -> object:
+        return None
+
+    def reset(self, mark: object) -> None:
+        pass
+
+    def flush(self, conn: object) -> None:
+        raise RuntimeError("the buffer could not be written")
+
+
+def _then_buffer_breaks_at_flush(conn: Any) -> None:
+    db.add_buffer(conn, "broken", _BrokenBuffer())
+
+
 _OK = "committed"
 # (what each caller does after its own append, in batch order; what each caller gets; tags that commit)
 _BATCHES: dict[str, tuple[list[Any], list[Any], list[str]]] = {
@@ -365,6 +383,8 @@ _BATCHES: dict[str, tuple[list[Any], list[Any], list[str]]] = {
                              [StorageUnavailable, StorageUnavailable, StorageUnavailable], []),
     "the buffered rows conflict at flush": ([None, _then_flush_conflicts],
                                             [StorageUnavailable, StorageUnavailable], []),
+    "a buffer fails at flush with no database error": ([None, _then_buffer_breaks_at_flush, None],
+                                                         [StorageUnavailable] * 3, []),
     "a single caller refused": ([_then_conflict], [Conflict], []),
     "a single caller breaking the store": ([_then_break_the_store], [StorageUnavailable], []),
 }
@@ -385,6 +405,78 @@ def test_what_a_group_commit_gives_each_caller_and_what_it_commits(store: Databa
         jtis = conn.execute(select(seen_tokens.c.jti)).scalars().all()
     assert len(jtis) == (1 if "constraint" in case else 0)
     assert [o for o in outcomes if isinstance(o, int)] == list(range(len(committed)))
+
+
+def _then_write_a_row(conn: Any) -> None:
+    conn.execute(insert(seen_tokens).values(jti="row" * 8, operator="x", seen_at=1))
+
+
+def _only_a_row(conn: Any) -> int:
+    _then_write_a_row(conn)
+    return 0
+
+
+# (what each caller of a three-caller batch does; the statements the batch sends: the first append reads the
+# head row; the buffered entries and the new head are written once, at flush)
+_STATEMENTS: dict[str, tuple[list[Any], list[str]]] = {
+    "buffered appends after the first: no savepoint": (
+        [_appending("0"), _appending("1"), _appending("2")],
+        ["SAVEPOINT", "read head", "RELEASE", "entries", "head"]),
+    "the first caller's savepoint also holds its later writes": (
+        [_appending("0", _then_write_a_row), _appending("1"), _appending("2")],
+        ["SAVEPOINT", "read head", "row", "RELEASE", "entries", "head"]),
+    "a writer in the middle: its savepoint comes before its first statement": (
+        [_appending("0"), _only_a_row, _appending("2")],
+        ["SAVEPOINT", "read head", "RELEASE", "SAVEPOINT", "row", "RELEASE", "entries", "head"]),
+    "a refused caller that sent nothing: nothing to roll back": (
+        [_appending("0"), _appending("1", _then_conflict), _appending("2")],
+        ["SAVEPOINT", "read head", "RELEASE", "entries", "head"]),
+    "a refused caller that wrote: rolled back to its savepoint": (
+        [_appending("0"), _appending("1", lambda c: (_then_write_a_row(c), _then_conflict(c))), _appending("2")],
+        ["SAVEPOINT", "read head", "RELEASE", "SAVEPOINT", "row", "ROLLBACK TO", "RELEASE", "entries", "head"]),
+}
+
+
+def _kind(statement: str) -> str:
+    for prefix, kind in (("SAVEPOINT", "SAVEPOINT"), ("RELEASE", "RELEASE"), ("ROLLBACK TO", "ROLLBACK TO"),
+                         ("INSERT INTO audit_entries", "entries"), ("UPDATE audit_head", "head"),
+                         ("SELECT audit_head", "read head"), ("INSERT INTO seen_tokens", "row")):
+        if statement.lstrip().upper().startswith(prefix.upper()):
+            return kind
+    return statement.split()[0].upper()
+
+
+@pytest.mark.parametrize("case", list(_STATEMENTS))
+def test_a_callers_savepoint_is_sent_only_before_its_first_statement(store: Database, case: str) -> None:
+    """Deferred savepoints: callers that only buffer appends cost no round trip; one that writes gets its
+    savepoint before its first statement, and a refusal rolls back exactly that."""
+    fns, expected = _STATEMENTS[case]
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(_kind(statement))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        outcomes = store.write_batch(fns)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert [k for k in sent if k not in ("BEGIN", "SELECT", "COMMIT")] == expected, sent
+    assert not any(isinstance(o, StorageUnavailable) for o in outcomes)
+
+
+@pytest.mark.parametrize(("deadlines", "batch_deadline", "room", "taken"), [
+    ([5.0, 6.0, 7.0], 5.0, 10, [5.0, 6.0, 7.0]),  # a deadline equal to the batch's is kept
+    ([4.9, 6.0], 5.0, 10, [6.0]),  # an earlier deadline: the batch's lock wait could outlast its promise
+    ([6.0, 7.0, 8.0], 5.0, 2, [6.0, 7.0]),  # the batch is full: queue order decides
+    ([6.0], 5.0, 0, []),
+    ([6.0], 5.0, -3, []),
+    ([], 5.0, 10, []),
+])
+def test_which_queued_callers_join_a_running_batch(deadlines: list[float], batch_deadline: float, room: int,
+                                                  taken: list[float]) -> None:
+    queue = [SimpleNamespace(deadline=d) for d in deadlines]
+    assert [p.deadline for p in db.joinable(queue, batch_deadline, room)] == taken
 
 
 def test_an_entry_appended_in_a_callers_own_rolled_back_savepoint_is_dropped(store: Database) -> None:
