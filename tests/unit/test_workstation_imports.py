@@ -37,3 +37,21 @@ HEAVY = ("Crypto", "cryptography", "appliance.domain.eip712", "appliance.domain.
 
 def test_help_of_the_client_commands_imports_no_crypto_policy_or_http() -> None:
     assert imported(HELP_MODULES, HEAVY) == []
+
+
+def test_the_top_level_help_imports_no_command_group() -> None:
+    """`appliance --help` lists each group's short help from the CLI's table, not by importing the group."""
+    code = ("import json, sys\nfrom appliance.cli import cli\n"
+            "cli.main(['--help'], prog_name='appliance', standalone_mode=False)\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({(*HEAVY, 'appliance.commands.')!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert "Mint authorizations under quorum." in out.stdout
+    assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_the_short_help_the_top_level_shows_is_each_groups_own() -> None:
+    from appliance import cli
+
+    for name, (_module, _attr, short) in cli._LAZY.items():
+        group = cli.lazy_command(name)
+        assert group.name == name and (group.help or "").split("\n\n")[0].strip() == short, name
