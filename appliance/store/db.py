@@ -31,7 +31,9 @@ The durability contract of `Database.write(fn)`:
   They change the number of statements, never what commits together.
 - **A deterministic seam.** `write_batch(fns)` runs exactly the batch write() forms from waiting callers, in the
   given order and without threads, and returns each caller's outcome; the cases above are tested through it
-  one by one (tests/integration/test_store.py), and once more with real concurrent callers.
+  one by one (tests/integration/test_store.py), and once more with real concurrent callers. Which queued
+  callers join a running batch is the pure `joinable`, tested table-driven; the statements each caller sends
+  (its deferred savepoint) are counted case by case through the seam.
 """
 
 from __future__ import annotations
