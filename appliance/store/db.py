@@ -400,7 +400,6 @@ def _run_in_savepoint(conn: Connection, p: _Pending[Any]) -> None:
         _undo(conn, deferred, buffers, start)
         p.error = exc
     else:
-        conn.info.pop(_DEFERRED, None)
         if deferred.sent:
             conn.exec_driver_sql(f"RELEASE SAVEPOINT {_CALLER_SAVEPOINT}")
     finally:
@@ -427,8 +426,7 @@ def _open_deferred(conn: Connection, *_args: object) -> None:
 
 def _undo(conn: Connection, deferred: _Deferred, buffers: _Buffers, start: dict[str, object]) -> None:
     """Roll back what the failed caller wrote (its savepoint, if sent) and reset the buffers to its start."""
-    conn.info.pop(_DEFERRED, None)
-    if deferred.sent:
+    if deferred.sent:  # (the hook lets these through: the savepoint is marked sent)
         conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_CALLER_SAVEPOINT}")
         conn.exec_driver_sql(f"RELEASE SAVEPOINT {_CALLER_SAVEPOINT}")
     buffers.reset_all(start)
